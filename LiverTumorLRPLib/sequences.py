@@ -1,0 +1,71 @@
+"""The six MRI sequences of the paper, in the network's channel order.
+
+This is the one definition used everywhere (reader, model, explanations, Slicer
+module, reports).  Channel c of every input tensor is ``SEQUENCES[c]``.
+All sequences are registered to ``REFERENCE_KEY`` (T1 15 min), whose grid is the
+reference geometry of a case.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sequence:
+    key: str            # file and API name, e.g. "T1_20s"
+    display_name: str   # what a radiologist reads, e.g. "T1 20 s"
+    description: str
+    aliases: tuple[str, ...] = ()  # lower-case fragments that identify a node or file name
+
+
+SEQUENCES: tuple[Sequence, ...] = (
+    Sequence("T2", "T2", "T2-weighted", ("t2",)),
+    Sequence("T1_plain", "T1 plain", "T1 before contrast (plain-T1)", ("plain", "pre", "native", "nativ")),
+    Sequence("T1_20s", "T1 20 s", "T1 20 s after gadoxetate (arterial)", ("20s", "20 s", "arterial")),
+    Sequence("T1_60s", "T1 60 s", "T1 60 s after gadoxetate (portal venous)", ("60s", "60 s", "portal", "venous")),
+    Sequence("T1_120s", "T1 120 s", "T1 120 s after gadoxetate (transitional)", ("120s", "120 s", "transitional", "late")),
+    Sequence("T1_15min", "T1 15 min", "T1 15 min after gadoxetate (hepatobiliary)", ("15min", "15 min", "hepatobiliary", "hbp")),
+)
+
+SEQUENCE_KEYS: tuple[str, ...] = tuple(s.key for s in SEQUENCES)
+DISPLAY_NAMES: tuple[str, ...] = tuple(s.display_name for s in SEQUENCES)
+N_SEQUENCES = len(SEQUENCES)
+REFERENCE_KEY = "T1_15min"
+CLASS_NAMES: tuple[str, ...] = ("background", "tumor")
+
+
+def sequence_index(key: str) -> int:
+    """Channel index of a sequence key (``"T1_20s"`` -> 2); ValueError names the valid keys."""
+    try:
+        return SEQUENCE_KEYS.index(key)
+    except ValueError:
+        raise ValueError(f"unknown sequence {key!r}; expected one of {', '.join(SEQUENCE_KEYS)}") from None
+
+
+def class_index(name: "str | int") -> int:
+    """``"tumor"``/1 -> 1, ``"background"``/0 -> 0."""
+    if isinstance(name, int) and name in (0, 1):
+        return name
+    if isinstance(name, str) and name.lower() in CLASS_NAMES:
+        return CLASS_NAMES.index(name.lower())
+    raise ValueError(f"unknown class {name!r}; expected 'tumor' (1) or 'background' (0)")
+
+
+def guess_sequence(name: str) -> "str | None":
+    """The sequence key a node or file name most likely refers to (``"T1 15min HBP"`` -> ``"T1_15min"``), or None.
+
+    Exact keys win; otherwise the longest matching alias.  "T2" only matches when no T1 alias does.
+    """
+    low = name.lower().replace("-", " ").replace("_", " ")
+    compact = low.replace(" ", "")
+    for s in SEQUENCES:
+        if compact == s.key.lower().replace("_", ""):
+            return s.key
+    best, best_len = None, 0
+    for s in SEQUENCES[1:]:
+        for alias in s.aliases:
+            if (alias in low or alias.replace(" ", "") in compact) and len(alias) > best_len:
+                best, best_len = s.key, len(alias)
+    if best is None and "t2" in compact:
+        return "T2"
+    return best
