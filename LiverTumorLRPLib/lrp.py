@@ -1,0 +1,452 @@
+"""The LRP engine: a modified forward pass whose derivative carries the LRP rules.
+
+Every linear layer (Conv, ConvTranspose, Linear) is replaced by a layer whose
+*value* is the original output ``z`` and whose *derivative* is the rule's
+redistribution (see :mod:`LiverTumorLRPLib.rules`).  Then, with a probe ``s = 1``
+multiplying the input (``x * s``) and ``y~`` the modified network:
+
+* Eq. 1: ``M_a = d y~_a / d s`` -- one backward pass (vjp) gives the input relevance of any
+  output relevance ``seed * y`` (the seeded relevance is the model output, as in the paper);
+* ``S_a = sum(M_a) = (d y~ / d s) 1`` -- one forward-mode pass (jvp) gives the relevance sum of
+  *every* output voxel at once.  That is what makes Eq. 2 cheap (see :mod:`.explain`).
+
+Layers: BatchNorm is folded into the convolution it follows (canonisation, as zennit);
+InstanceNorm passes relevance through unchanged (its mean and scale are treated as
+constants of this forward pass); ReLU, LeakyReLU, PReLU, max-pooling, concatenation,
+cropping and padding use the plain gradient, which in this gradient-times-input form
+passes relevance through; average pooling, linear up-sampling and residual addition
+use the plain gradient too, which here *is* LRP-0 (relevance split in proportion to
+the contributions).  A softmax or sigmoid at the very end is dropped (the logits are
+explained).  Any other layer or tensor operation on the relevance path raises
+:class:`LRPError` naming it; the engine never silently falls back to the gradient.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .rules import Rule, make_rule, stabilize
+
+
+class LRPError(ValueError):
+    """The network contains a layer or operation the engine has no rule for, or a rule is misused."""
+
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+LINEAR_TYPES = CONV_TYPES + TRANSPOSED_TYPES + (nn.Linear,)
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+PASS_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+HEAD_TYPES = (nn.Softmax, nn.Sigmoid, nn.LogSoftmax)
+GRADIENT_TYPES = (
+    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.Upsample, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+    nn.ReplicationPad3d, nn.ZeroPad2d,
+)
+
+# Tensor operations allowed on the relevance path outside rule layers: the plain gradient is the right LRP
+# rule for them (they are positively homogeneous or linear without bias).
+_ALLOWED_FUNCTIONS = {
+    "cat", "concat", "concatenate", "stack",
+    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__",
+    "neg", "__neg__", "sum", "mean",
+    "relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "_prelu_kernel", "threshold", "threshold_",
+    "max_pool1d", "max_pool2d", "max_pool3d", "_max_pool1d", "_max_pool2d", "_max_pool3d",
+    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "interpolate", "upsample", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
+    "upsample_linear1d", "upsample_bilinear2d", "upsample_trilinear3d",
+    "pad", "_pad", "constant_pad_nd", "replication_pad1d", "replication_pad2d", "replication_pad3d",
+    "__getitem__", "narrow", "split", "chunk", "unbind", "select",
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "contiguous",
+    "clone", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "movedim",
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "alpha_dropout",
+    "to", "float", "double", "half", "type", "type_as", "cpu", "cuda",
+}
+# Allowed when at most one operand depends on the input (scaling by a constant is linear).
+_SCALING_FUNCTIONS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__",
+                      "__itruediv__"}
+
+
+@dataclass
+class LayerInfo:
+    """A rule-bearing layer of the network, in execution order."""
+
+    name: str
+    module: nn.Module
+    index: int
+    is_input: bool
+    is_output: bool
+
+
+class _State:
+    """What the rule layers of one LRP object share during a modified forward pass."""
+
+    def __init__(self):
+        self.depth = 0           # > 0 inside a rule layer (its own operations are not checked)
+        self.probe = None        # the probe s (shape of x), for input-layer rules
+        self.low = None          # per-channel bounds for z^B, shape (C,)
+        self.high = None
+        self.layer_sums = None   # dict name -> relevance sum at the layer's input, when recording
+
+    @contextlib.contextmanager
+    def inside(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+
+def _apply_linear(module: nn.Module, x, weight, bias):
+    """``module``'s operation with other weights and bias."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    if isinstance(module, CONV_TYPES):
+        return module._conv_forward(x, weight, bias)
+    if isinstance(module, TRANSPOSED_TYPES):
+        fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[len(module.stride)]
+        return fn(x, weight, bias, module.stride, module.padding, module.output_padding, module.groups,
+                  module.dilation)
+    raise LRPError(f"no linear operation for {type(module).__name__}")
+
+
+def _channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape((1, -1) + (1,) * (like.dim() - 2)).to(like)
+
+
+class RuleLayer(nn.Module):
+    """A linear layer whose forward value is unchanged and whose derivative applies an LRP rule."""
+
+    def __init__(self, module: nn.Module, rule: Rule, name: str, state: _State, is_input: bool):
+        super().__init__()
+        if rule.needs_probe and not is_input:
+            raise LRPError(f"rule {rule!r} replaces the input by constants and is only valid on the input layer, "
+                           f"but was assigned to {name!r}")
+        self.module, self.rule, self.layer_name, self._state, self.is_input = module, rule, name, state, is_input
+
+    def _term_input(self, kind: str, a: torch.Tensor):
+        st = self._state
+        if kind == "a":
+            return a
+        if kind == "pos":
+            return a.clamp(min=0)
+        if kind == "neg":
+            return a.clamp(max=0)
+        if st.probe is None or st.probe.shape != a.shape:
+            raise LRPError(f"rule {self.rule!r} on {self.layer_name!r} needs the network input as this layer's input")
+        if kind == "ones":
+            return st.probe
+        bound = getattr(self.rule, kind, None)
+        if bound is None:  # z^B bounds from the data
+            bound = st.low if kind == "low" else st.high
+        bound = torch.as_tensor(bound, dtype=a.dtype, device=a.device).reshape(-1)
+        if bound is None:
+            raise LRPError(f"z^B rule on {self.layer_name!r}: no input bounds given")
+        return _channel_view(bound, a) * st.probe
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        with st.inside():
+            if st.layer_sums is not None and a.requires_grad:
+                a.register_hook(lambda g, a=a.detach(), n=self.layer_name: st.layer_sums.__setitem__(
+                    n, float((a * g).sum())))
+            w = self.module.weight.detach()
+            b = None if self.module.bias is None else self.module.bias.detach()
+            terms = self.rule.terms(w, b)
+            outs = [_apply_linear(self.module, self._term_input(t.input, a), t.weight, t.bias) for t in terms]
+            plain = [o for t, o in zip(terms, outs) if t.input == "a" and t.weight is w and t.bias is b]
+            z = plain[0].detach() if plain else _apply_linear(self.module, a.detach(), w, b)
+            mults = self.rule.multipliers([o.detach() for o in outs], z)
+            f = sum(t.coef * o * (z * m) for t, o, m in zip(terms, outs, mults))
+            return z + (f - f.detach())
+
+
+class PassLayer(nn.Module):
+    """An element-wise layer that passes relevance through unchanged (used for InstanceNorm)."""
+
+    def __init__(self, module: nn.Module, name: str, state: _State):
+        super().__init__()
+        self.module, self.layer_name, self._state = module, name, state
+
+    def forward(self, a):
+        with self._state.inside():
+            z = self.module(a.detach())
+            f = a * (z / stabilize(a.detach(), 1e-12))
+            return z + (f - f.detach())
+
+
+class _Guard(TorchFunctionMode):
+    """Raise on tensor operations on the relevance path that have no LRP rule."""
+
+    def __init__(self, state: _State):
+        super().__init__()
+        self.state = state
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.state.depth == 0 and _on_relevance_path(out):
+            name = getattr(func, "__name__", repr(func))
+            if name in _SCALING_FUNCTIONS:
+                if sum(_on_relevance_path(t) for t in (*args, *kwargs.values())) > 1:
+                    raise LRPError(f"operation {name!r} multiplies two input-dependent tensors (e.g. an attention "
+                                   "gate); LRP has no rule for it here")
+            elif name not in _ALLOWED_FUNCTIONS:
+                hint = " Explain the logits: drop the final activation." if name in (
+                    "softmax", "sigmoid", "log_softmax", "_softmax") else ""
+                raise LRPError(f"tensor operation {name!r} on the relevance path has no LRP rule.{hint}")
+        return out
+
+
+def _on_relevance_path(obj) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.requires_grad and obj.is_floating_point()
+    if isinstance(obj, (tuple, list)):
+        return any(_on_relevance_path(o) for o in obj)
+    return False
+
+
+def _leaf_modules(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules() if not list(m.children())]
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module):
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+@torch.no_grad()
+def _trace(model: nn.Module, x: torch.Tensor):
+    """One plain forward pass with hooks: which leaf module produced each tensor, in which order."""
+    calls, keep, handles = [], [], []
+    for name, m in _leaf_modules(model):
+        def hook(mod, inp, out, name=name):
+            keep.append((inp, out))
+            calls.append((name, [id(t) for t in inp if isinstance(t, torch.Tensor)],
+                          id(out) if isinstance(out, torch.Tensor) else None))
+        handles.append(m.register_forward_hook(hook))
+    try:
+        y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(y, torch.Tensor):
+        raise LRPError(f"the model returns {type(y).__name__}; LRP needs a single tensor of class logits")
+    return y, calls, id(x), id(y), keep
+
+
+def _fold_batchnorm(conv: nn.Module, bn: nn.Module):
+    """Fold an eval-mode BatchNorm into the preceding linear layer (in place)."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
+        1.0 / torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias.detach() if bn.affine else 0.0) - bn.running_mean * scale
+    w = conv.weight.detach()
+    out_dim = 1 if isinstance(conv, TRANSPOSED_TYPES) else 0
+    shape = [1] * w.dim()
+    shape[out_dim] = -1
+    if isinstance(conv, TRANSPOSED_TYPES) and conv.groups != 1:
+        raise LRPError("cannot fold BatchNorm into a grouped transposed convolution")
+    conv.weight = nn.Parameter(w * scale.reshape(shape))
+    b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.bias = nn.Parameter(b * scale + shift)
+
+
+Selector = "str | type"
+RuleSpec = "Rule | str | tuple"
+
+
+class LRP:
+    """LRP for a segmentation network.
+
+    ``preset``: a name from :data:`LiverTumorLRPLib.presets.PRESETS` or a function ``(layers) -> {name: rule}``.
+    ``overrides``: ``[(selector, rule), ...]``, first match wins; a selector is a layer name or glob
+    (``"decoders.*"``), ``"input"``, ``"output"``, or a layer type (``nn.ConvTranspose3d``).
+    ``bounds``: z^B input bounds ``(low, high)``, per channel; default: per-channel min and max of the input.
+    The network is copied, put in eval mode and canonised on the first call; the original is not changed.
+    """
+
+    def __init__(self, model: nn.Module, preset="recommended", overrides=None):
+        if isinstance(model, LRP):
+            raise TypeError("model is already an LRP object")
+        self.source = model
+        self.preset = preset
+        self.overrides = list(overrides or [])
+        self.state = _State()
+        self.model: Optional[nn.Module] = None
+        self.layers: list[LayerInfo] = []
+        self.rules: dict[str, Rule] = {}
+
+    # ---- building -------------------------------------------------------------------------------------------
+    def build(self, x: torch.Tensor) -> "LRP":
+        """Canonise a copy of the network for inputs like ``x`` and assign a rule to every linear layer."""
+        model = copy.deepcopy(self.source).eval().to(device=x.device, dtype=x.dtype)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        y_ref, calls, x_id, y_id, _keep = _trace(model, x)
+        produced_by = {out: name for name, _, out in calls if out is not None}
+        modules = dict(model.named_modules())
+        order, seen = [], set()
+        for name, ins, out in calls:
+            m = modules[name]
+            if isinstance(m, BATCHNORM_TYPES):
+                src = {produced_by.get(i) for i in ins}
+                src_name = next(iter(src)) if len(src) == 1 else None
+                if src_name is None or not isinstance(modules[src_name], LINEAR_TYPES):
+                    raise LRPError(f"BatchNorm layer {name!r} does not directly follow a convolution or linear layer;"
+                                   " it cannot be folded")
+                if name not in seen:
+                    _fold_batchnorm(modules[src_name], m)
+                    _set_module(model, name, nn.Identity())
+            elif isinstance(m, HEAD_TYPES):
+                if out != y_id:
+                    raise LRPError(f"{type(m).__name__} layer {name!r} is not the network's last operation; "
+                                   "LRP has no rule for it")
+                _set_module(model, name, nn.Identity())
+            elif not isinstance(m, LINEAR_TYPES + PASS_TYPES + GRADIENT_TYPES):
+                raise LRPError(f"LRP has no rule for layer {name!r} ({type(m).__name__})")
+            if isinstance(m, LINEAR_TYPES) and name not in seen:
+                order.append((name, x_id in ins, out == y_id))
+            seen.add(name)
+        for name, m in _leaf_modules(model):
+            if name not in seen and list(m.parameters(recurse=False)):
+                warnings.warn(f"layer {name!r} was not used in the forward pass", stacklevel=2)
+        if not order:
+            raise LRPError("the network has no convolution or linear layer")
+        # a head softmax may follow the last linear layer
+        if not any(o for _, _, o in order):
+            last = order[-1]
+            order[-1] = (last[0], last[1], True)
+        self.layers = [LayerInfo(n, modules[n], i, inp, out) for i, (n, inp, out) in enumerate(order)]
+        self.rules = self._assign_rules()
+        for info in self.layers:
+            _set_module(model, info.name, RuleLayer(modules[info.name], self.rules[info.name], info.name,
+                                                    self.state, info.is_input))
+        for name, m in _leaf_modules(model):
+            if isinstance(m, PASS_TYPES):
+                _set_module(model, name, PassLayer(m, name, self.state))
+        self.model = model
+        # canonisation must not change what the network computes
+        with torch.no_grad():
+            y = self._forward(x, torch.ones_like(x), None)
+        tol = 1e-3 if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-8
+        err = float((y - y_ref).abs().max()) / max(float(y_ref.abs().max()), 1e-12)
+        if err > tol:
+            raise LRPError(f"canonised network differs from the original (relative error {err:.2e}); "
+                           "a BatchNorm may be folded into a layer whose output is also used elsewhere")
+        return self
+
+    def _assign_rules(self) -> dict[str, Rule]:
+        from .presets import get_preset
+
+        base = get_preset(self.preset)(self.layers) if self.preset is not None else {}
+        rules = {}
+        for info in self.layers:
+            rule = None
+            for selector, spec in self.overrides:
+                if _matches(selector, info):
+                    rule = make_rule(spec)
+                    break
+            if rule is None:
+                rule = base.get(info.name)
+            if rule is None:
+                raise LRPError(f"no LRP rule for layer {info.name!r} ({type(info.module).__name__})")
+            rules[info.name] = rule
+        return rules
+
+    @property
+    def input_rules(self) -> list[Rule]:
+        return [self.rules[i.name] for i in self.layers if i.is_input]
+
+    def check_sequence_relevance(self):
+        """Refuse rules that make per-sequence relevance meaningless (Flat, w^2 on the input layer)."""
+        bad = [r for r in self.input_rules if r.data_independent]
+        if bad:
+            raise LRPError(f"input-layer rule {bad[0]!r} ignores the input values: it gives every sequence a share "
+                           "fixed by the weights, so sequence relevance would be meaningless; use z^B, epsilon, "
+                           "gamma or z+ on the first layer")
+
+    # ---- modified forward passes ----------------------------------------------------------------------------
+    def _ensure(self, x):
+        if self.model is None:
+            self.build(x)
+        p = next(self.model.parameters(), None)
+        if p is not None and (p.device != x.device or p.dtype != x.dtype):
+            self.model.to(device=x.device, dtype=x.dtype)
+
+    def _bounds(self, x, bounds):
+        if bounds is None:
+            dims = [0] + list(range(2, x.dim()))
+            return x.detach().amin(dim=dims), x.detach().amax(dim=dims)
+        low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device).reshape(-1) for b in bounds)
+        return low, high
+
+    def _forward(self, x, probe, bounds, layer_sums=None):
+        st = self.state
+        st.probe = probe
+        st.low, st.high = self._bounds(x, bounds)
+        st.layer_sums = layer_sums
+        try:
+            with _Guard(st):
+                return self.model(x * probe)
+        finally:
+            st.probe = st.low = st.high = None
+            st.layer_sums = None
+
+    def forward(self, x: torch.Tensor, bounds=None, layer_sums=None):
+        """Modified forward: ``(y, s)``; ``y`` equals the network output, ``d y / d s`` is LRP."""
+        self._ensure(x)
+        s = torch.ones_like(x, requires_grad=True)
+        return self._forward(x.detach(), s, bounds, layer_sums), s
+
+    def forward_with_sums(self, x: torch.Tensor, bounds=None, keep_graph: bool = True):
+        """``(y, S, s)``: output, per-output relevance sums ``S = sum(M_a)`` for every output neuron (jvp), and
+        the probe for a following backward pass (only when ``keep_graph``)."""
+        self._ensure(x)
+        s = torch.ones_like(x, requires_grad=keep_graph)
+        with contextlib.ExitStack() as stack:
+            if not keep_graph:
+                stack.enter_context(torch.no_grad())
+            with fwAD.dual_level():
+                y_dual = self._forward(x.detach(), fwAD.make_dual(s, torch.ones_like(x)), bounds)
+                y, S = fwAD.unpack_dual(y_dual)
+        if S is None:
+            raise LRPError("the output does not depend on the input")
+        return y, S.detach(), s
+
+    def relevance(self, x: torch.Tensor, seed: torch.Tensor, bounds=None, layer_sums: bool = False):
+        """Eq. 1: input relevance of output relevance ``seed * y`` (``seed`` one-hot: one output neuron)."""
+        sums = {} if layer_sums else None
+        y, s = self.forward(x, bounds, sums)
+        (m,) = torch.autograd.grad(y, s, seed.to(y))
+        return (m, sums) if layer_sums else m
+
+
+def _matches(selector, info: LayerInfo) -> bool:
+    if isinstance(selector, type):
+        return isinstance(info.module, selector)
+    if selector == "input":
+        return info.is_input
+    if selector == "output":
+        return info.is_output
+    return fnmatch.fnmatchcase(info.name, selector)
+
+
+def as_lrp(model, preset="recommended", overrides=None) -> LRP:
+    """An :class:`LRP` for ``model`` (returned unchanged if it already is one)."""
+    return model if isinstance(model, LRP) else LRP(model, preset, overrides)
