@@ -11,8 +11,11 @@ multiplying the input (``x * s``) and ``y~`` the modified network:
   *every* output voxel at once.  That is what makes Eq. 2 cheap (see :mod:`.explain`).
 
 Layers: BatchNorm is folded into the convolution it follows (canonisation, as zennit);
-InstanceNorm passes relevance through unchanged (its mean and scale are treated as
-constants of this forward pass); ReLU, LeakyReLU, PReLU, max-pooling, concatenation,
+InstanceNorm is folded the same way, with this input's per-channel mean and variance as
+constants of the forward pass (so its centring shift acts as a bias: it absorbs relevance
+unless biases are zeroed in the rule -- passing relevance through it unchanged instead
+divides by the un-normalised activations, which is conservative but numerically
+unstable); ReLU, LeakyReLU, PReLU, max-pooling, concatenation,
 cropping and padding use the plain gradient, which in this gradient-times-input form
 passes relevance through; average pooling, linear up-sampling and residual addition
 use the plain gradient too, which here *is* LRP-0 (relevance split in proportion to
@@ -46,7 +49,7 @@ CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 LINEAR_TYPES = CONV_TYPES + TRANSPOSED_TYPES + (nn.Linear,)
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-PASS_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+INSTANCE_NORM_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 HEAD_TYPES = (nn.Softmax, nn.Sigmoid, nn.LogSoftmax)
 GRADIENT_TYPES = (
     nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity, nn.Flatten, nn.Unflatten,
@@ -132,12 +135,30 @@ def _channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class RuleLayer(nn.Module):
     """A linear layer whose forward value is unchanged and whose derivative applies an LRP rule."""
 
-    def __init__(self, module: nn.Module, rule: Rule, name: str, state: _State, is_input: bool):
+    def __init__(self, module: nn.Module, rule: Rule, name: str, state: _State, is_input: bool,
+                 instance_norm: Optional[nn.Module] = None):
         super().__init__()
         if rule.needs_probe and not is_input:
             raise LRPError(f"rule {rule!r} replaces the input by constants and is only valid on the input layer, "
                            f"but was assigned to {name!r}")
         self.module, self.rule, self.layer_name, self._state, self.is_input = module, rule, name, state, is_input
+        self.instance_norm = instance_norm
+
+    def _fold_instance_norm(self, a, w, b):
+        """Weights and bias of this layer followed by its InstanceNorm, with this input's statistics."""
+        out = _apply_linear(self.module, a.detach(), w, b)
+        if out.shape[0] != 1:
+            raise LRPError("LRP with InstanceNorm explains one case at a time (batch size 1)")
+        norm = self.instance_norm
+        dims = tuple(range(2, out.dim()))
+        mean, var = out.mean(dim=dims)[0], out.var(dim=dims, unbiased=False)[0]
+        scale = 1.0 / torch.sqrt(var + norm.eps)
+        if norm.affine:
+            scale = scale * norm.weight.detach()
+        shift = (norm.bias.detach() if norm.affine else 0.0) - mean * scale
+        shape = [1] * w.dim()
+        shape[1 if isinstance(self.module, TRANSPOSED_TYPES) else 0] = -1
+        return w * scale.reshape(shape), (b if b is not None else 0.0) * scale + shift
 
     def _term_input(self, kind: str, a: torch.Tensor):
         st = self._state
@@ -163,30 +184,18 @@ class RuleLayer(nn.Module):
         st = self._state
         with st.inside():
             if st.layer_sums is not None and a.requires_grad:
-                a.register_hook(lambda g, a=a.detach(), n=self.layer_name: st.layer_sums.__setitem__(
+                a.register_hook(lambda g, a=a.detach(), n=self.layer_name, sums=st.layer_sums: sums.__setitem__(
                     n, float((a * g).sum())))
             w = self.module.weight.detach()
             b = None if self.module.bias is None else self.module.bias.detach()
+            if self.instance_norm is not None:
+                w, b = self._fold_instance_norm(a, w, b)
             terms = self.rule.terms(w, b)
             outs = [_apply_linear(self.module, self._term_input(t.input, a), t.weight, t.bias) for t in terms]
             plain = [o for t, o in zip(terms, outs) if t.input == "a" and t.weight is w and t.bias is b]
             z = plain[0].detach() if plain else _apply_linear(self.module, a.detach(), w, b)
             mults = self.rule.multipliers([o.detach() for o in outs], z)
             f = sum(t.coef * o * (z * m) for t, o, m in zip(terms, outs, mults))
-            return z + (f - f.detach())
-
-
-class PassLayer(nn.Module):
-    """An element-wise layer that passes relevance through unchanged (used for InstanceNorm)."""
-
-    def __init__(self, module: nn.Module, name: str, state: _State):
-        super().__init__()
-        self.module, self.layer_name, self._state = module, name, state
-
-    def forward(self, a):
-        with self._state.inside():
-            z = self.module(a.detach())
-            f = a * (z / stabilize(a.detach(), 1e-12))
             return z + (f - f.detach())
 
 
@@ -298,13 +307,21 @@ class LRP:
         model = copy.deepcopy(self.source).eval().to(device=x.device, dtype=x.dtype)
         for p in model.parameters():
             p.requires_grad_(False)
-        y_ref, calls, x_id, y_id, _keep = _trace(model, x)
+        y_ref, calls, x_id, y_id, keep = _trace(model, x)
         produced_by = {out: name for name, _, out in calls if out is not None}
         modules = dict(model.named_modules())
-        order, seen = [], set()
+        order, seen, instance_norms = [], set(), {}
         for name, ins, out in calls:
             m = modules[name]
-            if isinstance(m, BATCHNORM_TYPES):
+            if isinstance(m, INSTANCE_NORM_TYPES):
+                src = {produced_by.get(i) for i in ins}
+                src_name = next(iter(src)) if len(src) == 1 else None
+                if src_name is None or not isinstance(modules[src_name], LINEAR_TYPES):
+                    raise LRPError(f"InstanceNorm layer {name!r} does not directly follow a convolution or linear "
+                                   "layer; it cannot be folded")
+                instance_norms[src_name] = m
+                _set_module(model, name, nn.Identity())
+            elif isinstance(m, BATCHNORM_TYPES):
                 src = {produced_by.get(i) for i in ins}
                 src_name = next(iter(src)) if len(src) == 1 else None
                 if src_name is None or not isinstance(modules[src_name], LINEAR_TYPES):
@@ -317,8 +334,9 @@ class LRP:
                 if out != y_id:
                     raise LRPError(f"{type(m).__name__} layer {name!r} is not the network's last operation; "
                                    "LRP has no rule for it")
+                y_ref = next(inp for inp, out in keep if id(out) == y_id)[0]  # the logits are explained
                 _set_module(model, name, nn.Identity())
-            elif not isinstance(m, LINEAR_TYPES + PASS_TYPES + GRADIENT_TYPES):
+            elif not isinstance(m, LINEAR_TYPES + INSTANCE_NORM_TYPES + GRADIENT_TYPES):
                 raise LRPError(f"LRP has no rule for layer {name!r} ({type(m).__name__})")
             if isinstance(m, LINEAR_TYPES) and name not in seen:
                 order.append((name, x_id in ins, out == y_id))
@@ -336,10 +354,7 @@ class LRP:
         self.rules = self._assign_rules()
         for info in self.layers:
             _set_module(model, info.name, RuleLayer(modules[info.name], self.rules[info.name], info.name,
-                                                    self.state, info.is_input))
-        for name, m in _leaf_modules(model):
-            if isinstance(m, PASS_TYPES):
-                _set_module(model, name, PassLayer(m, name, self.state))
+                                                    self.state, info.is_input, instance_norms.get(info.name)))
         self.model = model
         # canonisation must not change what the network computes
         with torch.no_grad():

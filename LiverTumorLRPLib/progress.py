@@ -1,0 +1,31 @@
+"""Progress reporting and cancellation for long work (CLI progress bars, the Slicer module's Cancel button)."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+
+class Cancelled(Exception):
+    """The user cancelled the work."""
+
+
+class Progress:
+    """``progress(fraction, message)`` calls ``callback`` and raises :class:`Cancelled` when ``cancel()`` is true."""
+
+    def __init__(self, callback: Optional[Callable[[float, str], None]] = None,
+                 cancel: Optional[Callable[[], bool]] = None, start: float = 0.0, end: float = 1.0):
+        self.callback, self.cancel, self.start, self.end = callback, cancel, start, end
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled by the user")
+        if self.callback is not None:
+            self.callback(self.start + (self.end - self.start) * min(max(fraction, 0.0), 1.0), message)
+
+    def part(self, start: float, end: float) -> "Progress":
+        """A progress for the sub-range ``[start, end]`` of this one."""
+        span = self.end - self.start
+        return Progress(self.callback, self.cancel, self.start + span * start, self.start + span * end)
+
+
+def as_progress(progress=None, cancel=None) -> Progress:
+    return progress if isinstance(progress, Progress) else Progress(progress, cancel)
