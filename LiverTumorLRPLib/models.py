@@ -56,12 +56,14 @@ def build_model(config: dict) -> nn.Module:
 
 def save_model_file(model: nn.Module, path, config: dict) -> Path:
     """Weights (safetensors) and ``config`` (JSON) for any supported network; atomic."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_w, tmp_c = path.with_name(path.name + ".tmp"), path.with_name(path.stem + ".json.tmp")
-    save_model(model, str(tmp_w), metadata={"config": json.dumps(config)})  # handles shared tensors
+    # clone: some networks (DynUNet) register the same module twice, and safetensors refuses shared memory
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_w), metadata={"config": json.dumps(config)})
     tmp_c.write_text(json.dumps(config, indent=2))
     os.replace(tmp_w, path)
     os.replace(tmp_c, path.with_suffix(".json"))
@@ -82,11 +84,11 @@ def load_model(spec="bundled", device="cpu") -> nn.Module:
     if config.get("architecture", "UNet3D") == "UNet3D":
         model = load_unet(path, map_location="cpu")
     else:
-        from safetensors.torch import load_model as load_weights
+        from safetensors.torch import load_file
 
         model = build_model(config)
         try:
-            load_weights(model, str(path), strict=True)
+            model.load_state_dict(load_file(str(path)), strict=True)
         except RuntimeError as exc:
             raise ValueError(f"{path}: weights do not match {config['architecture']} with the given kwargs: "
                              f"{str(exc)[:300]}") from None
