@@ -191,11 +191,15 @@ class RuleLayer(nn.Module):
             if self.instance_norm is not None:
                 w, b = self._fold_instance_norm(a, w, b)
             terms = self.rule.terms(w, b)
-            outs = [_apply_linear(self.module, self._term_input(t.input, a), t.weight, t.bias) for t in terms]
+            # after a ReLU the negative part of the input is zero: skip those (bias-free) terms exactly
+            nonneg = any(t.input == "neg" for t in terms) and bool((a.detach() >= 0).all())
+            skip = [nonneg and t.input == "neg" and t.bias is None for t in terms]
+            outs = [None if sk else _apply_linear(self.module, self._term_input(t.input, a), t.weight, t.bias)
+                    for t, sk in zip(terms, skip)]
             plain = [o for t, o in zip(terms, outs) if t.input == "a" and t.weight is w and t.bias is b]
             z = plain[0].detach() if plain else _apply_linear(self.module, a.detach(), w, b)
-            mults = self.rule.multipliers([o.detach() for o in outs], z)
-            f = sum(t.coef * o * (z * m) for t, o, m in zip(terms, outs, mults))
+            mults = self.rule.multipliers([torch.zeros_like(z) if o is None else o.detach() for o in outs], z)
+            f = sum(t.coef * o * (z * m) for t, o, m in zip(terms, outs, mults) if o is not None)
             return z + (f - f.detach())
 
 
