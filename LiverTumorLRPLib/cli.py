@@ -17,6 +17,8 @@ COMMANDS = {
     "segment": ("commands", "segment liver tumors in a case"),
     "explain": ("commands", "LRP relevance of a region (Eq. 2), per sequence"),
     "analyze": ("commands", "sequence relevance of a case (the paper's Sec. 2.3)"),
+    "cohort": ("cohort", "sequence relevance over every case under a folder, Fig. 1 and an HTML report"),
+    "demo": ("commands", "the main job on a generated phantom case: segment, analyse, pictures"),
 }
 
 
