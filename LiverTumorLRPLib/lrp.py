@@ -197,7 +197,11 @@ class RuleLayer(nn.Module):
             outs = [None if sk else _apply_linear(self.module, self._term_input(t.input, a), t.weight, t.bias)
                     for t, sk in zip(terms, skip)]
             plain = [o for t, o in zip(terms, outs) if t.input == "a" and t.weight is w and t.bias is b]
-            z = plain[0].detach() if plain else _apply_linear(self.module, a.detach(), w, b)
+            z = plain[0].detach() if plain else None
+            if z is None and nonneg:
+                z = self.rule.output_from_terms([None if o is None else o.detach() for o in outs])
+            if z is None:
+                z = _apply_linear(self.module, a.detach(), w, b)
             mults = self.rule.multipliers([torch.zeros_like(z) if o is None else o.detach() for o in outs], z)
             f = sum(t.coef * o * (z * m) for t, o, m in zip(terms, outs, mults) if o is not None)
             return z + (f - f.detach())

@@ -71,6 +71,11 @@ class Rule:
         (with their biases), ``z`` the layer's true output."""
         raise NotImplementedError
 
+    def output_from_terms(self, outputs) -> Optional[torch.Tensor]:
+        """The layer's output recovered from the term outputs when the input is non-negative (the terms on
+        its negative part are then skipped, ``None``), saving one convolution; None if not possible."""
+        return None
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
@@ -132,6 +137,10 @@ class AlphaBeta(Rule):
         mn = 1.0 / stabilize(outputs[2] + outputs[3], self.stabilizer)
         return [mp, mp, mn, mn]
 
+    def output_from_terms(self, outputs):
+        # a >= 0: (W+ a + b+) + (W- a + b-) = W a + b
+        return outputs[0] + outputs[2] if outputs[1] is None and outputs[3] is None else None
+
 
 class Gamma(Rule):
     """Generalised gamma rule (sign-aware, as zennit): for positive outputs favour ``w + gamma w+`` on ``a+``
@@ -155,6 +164,10 @@ class Gamma(Rule):
         mp = (z > 0).to(z) / stabilize(outputs[0] + outputs[1], self.stabilizer)
         mn = (z < 0).to(z) / stabilize(outputs[2] + outputs[3], self.stabilizer)
         return [mp, mp, mn, mn]
+
+    def output_from_terms(self, outputs):
+        # a >= 0: (w + g w+) a + (b + g b+) + (w + g w-) a + (b + g b-) = (2 + g) (w a + b)
+        return (outputs[0] + outputs[2]) / (2.0 + self.gamma) if outputs[1] is None and outputs[3] is None else None
 
 
 class ZBox(Rule):

@@ -7,15 +7,13 @@ Prints, in "LRP passes" (the time of one Eq. 1 relevance pass: forward + backwar
   (b) one LRP pass vs zennit's pass with the same composite (EpsilonGammaBox, BatchNorm merged), and one
       pass of other presets (gamma has four terms per layer, epsilon one);
   (c) one LRP pass vs one plain gradient pass (forward + backward of the original network);
-  and the peak memory of each (CUDA: max allocated; CPU: peak RSS growth of a fresh process).
+  and the peak memory torch allocates for each (CUDA: max allocated; CPU: the profiler's allocation events).
 Targets: Eq. 2 <= 3 LRP passes whatever |A|; an LRP pass no slower than zennit's and <= 2x a gradient pass.
 """
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 
@@ -34,20 +32,6 @@ def setup(args):
     model = UNet3D(UNetConfig(depth=3, base_channels=args.base)).eval().to(args.device)
     x = torch.randn((1, 6) + tuple(args.shape), generator=torch.Generator().manual_seed(1)).to(args.device)
     return model, x
-
-
-def timed(fn, repeats):
-    fn()  # warm-up
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def zennit_pass(model, x, seed):
@@ -100,27 +84,25 @@ def methods(model, x, args):
     return out
 
 
-def _peak_child(args, name, queue):
-    model, x = setup(args)
-    fns = methods(model, x, args)
-    if torch.cuda.is_available() and args.device != "cpu":
+def peak_memory(fn, device) -> float:
+    """Peak memory (MiB) allocated by torch while ``fn`` runs: CUDA's counter, or the CPU profiler's
+    allocation events summed in time order."""
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        fns[name]()
-        queue.put(torch.cuda.max_memory_allocated() / 2**20)
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fns[name]()
-        queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+        fn()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
 
-
-def peak_memory(args, name):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(args, name, q))
-    p.start()
-    value = q.get()
-    p.join()
-    return value
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
 
 
 def main(argv=None):
@@ -142,14 +124,22 @@ def main(argv=None):
           f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"# command: python bench/bench_lrp.py --shape {' '.join(map(str, args.shape))} --base {args.base} "
           f"--device {args.device}")
+    # warm up everything, then interleave the repeats so that load on the machine hits all methods alike
     times = {}
     for name, fn in fns.items():
-        reps = 1 if "loop" in name else args.repeats
-        times[name] = timed(fn, reps) if "loop" not in name else timed_once(fn)
+        if "loop" not in name:
+            fn()
+    for _ in range(args.repeats):
+        for name, fn in fns.items():
+            if "loop" not in name:
+                times[name] = min(times.get(name, float("inf")), timed_once(fn))
+    for name, fn in fns.items():
+        if "loop" in name:
+            times[name] = timed_once(fn)
     unit = times["LRP pass (ours)"]
     print(f"{'method':34s} {'seconds':>9s} {'LRP passes':>11s} {'peak MiB':>9s}")
     for name, t in times.items():
-        mem = "" if args.no_memory or "loop" in name else f"{peak_memory(args, name):9.1f}"
+        mem = "" if args.no_memory or "loop" in name else f"{peak_memory(fns[name], args.device):9.1f}"
         print(f"{name:34s} {t:9.4f} {t / unit:11.2f} {mem:>9s}")
     print("# ratios")
     if "LRP pass (zennit)" in times:
