@@ -1,0 +1,125 @@
+"""Figures: per-sequence bar chart, relevance overlays of the most relevant slices, the paper's Fig. 1.
+
+Matplotlib with the Agg backend (no screen); every PNG is written atomically.
+Relevance is shown with a symmetric diverging map (blue negative, red positive),
+transparent near zero, over the sequence in grey; the tumor outline in yellow.
+"""
+from __future__ import annotations
+
+import io
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .sequences import DISPLAY_NAMES
+
+SEQUENCE_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str) -> str:
+    """Save a matplotlib figure to PNG atomically and close it."""
+    from .case_io import write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    _plt().close(fig)
+    return write_bytes(buf.getvalue(), path)
+
+
+def relevance_cmap():
+    """Blue-white-red, with alpha rising from 0 at zero relevance."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    base = _plt().get_cmap("RdBu_r")(np.linspace(0, 1, 256))
+    base[:, 3] = np.clip(np.abs(np.linspace(-1, 1, 256)) * 2.5, 0, 1)
+    return LinearSegmentedColormap.from_list("relevance", base)
+
+
+def bar_chart(shares: Sequence[float], path: str, title: str = "Sequence relevance",
+              positive: Optional[Sequence[float]] = None, negative: Optional[Sequence[float]] = None) -> str:
+    """Normalised relevance per sequence (sums to 1), optionally with positive/negative mass."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    x = np.arange(len(shares))
+    ax.bar(x, shares, color=SEQUENCE_COLOURS[: len(shares)], label="net share")
+    if positive is not None and negative is not None:
+        ax.scatter(x, positive, marker="^", color="k", s=18, label="positive mass", zorder=3)
+        ax.scatter(x, negative, marker="v", color="grey", s=18, label="negative mass", zorder=3)
+        ax.legend(fontsize=8, loc="best")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, DISPLAY_NAMES[: len(shares)], rotation=20)
+    ax.set_ylabel("normalised relevance")
+    ax.set_title(title)
+    for xi, v in zip(x, shares):
+        ax.annotate(f"{v:.2f}", (xi, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=8)
+    return save_figure(fig, path)
+
+
+def most_relevant_slices(maps: np.ndarray, k: int = 3) -> list[int]:
+    """Axial slices with the largest total |relevance| (over sequences), best first."""
+    per_slice = np.abs(maps).sum(axis=(0, 2, 3))
+    return [int(i) for i in np.argsort(per_slice)[::-1][:k]]
+
+
+def overlay_slice(image: np.ndarray, maps: np.ndarray, z: int, path: str, tumor: Optional[np.ndarray] = None,
+                  region: Optional[np.ndarray] = None, title: str = "") -> str:
+    """One axial slice: six panels (sequence in grey, its relevance overlaid, tumor outline) and a colour bar."""
+    plt = _plt()
+    n = maps.shape[0]
+    vmax = float(np.abs(maps[:, z]).max()) or 1.0
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n + 0.8, 2.6), dpi=100)
+    cmap = relevance_cmap()
+    im = None
+    for c, ax in enumerate(np.atleast_1d(axes)):
+        ax.imshow(image[c, z], cmap="gray", interpolation="nearest")
+        im = ax.imshow(maps[c, z], cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+        if tumor is not None and tumor[z].any():
+            ax.contour(tumor[z].astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+        if region is not None and region[z].any():
+            ax.contour(region[z].astype(float), levels=[0.5], colors="lime", linewidths=0.6, linestyles="dashed")
+        ax.set_title(f"{DISPLAY_NAMES[c]}\n{maps[c].sum() / maps.sum():+.2f}" if maps.sum() else DISPLAY_NAMES[c],
+                     fontsize=8)
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="relevance")
+    fig.suptitle(title or f"slice {z}", fontsize=9)
+    return save_figure(fig, path)
+
+
+def cohort_figure(names: Sequence[str], shares: np.ndarray, path: str,
+                  title: str = "Normalised relevance per sequence") -> str:
+    """The paper's Fig. 1: one colour per patient (dots joined by lines), the mean as black bars."""
+    plt = _plt()
+    shares = np.asarray(shares, float)
+    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
+    x = np.arange(shares.shape[1])
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(names), 2)))
+    ax.bar(x, shares.mean(axis=0), color="none", edgecolor="k", lw=1.2, label="mean", zorder=1)
+    for i, (name, row) in enumerate(zip(names, shares)):
+        jitter = (i - (len(names) - 1) / 2) * 0.25 / max(len(names), 1)
+        ax.plot(x + jitter, row, "o-", ms=4, lw=0.6, color=colours[i], label=name, zorder=2)
+    ax.set_xticks(x, DISPLAY_NAMES[: shares.shape[1]], rotation=20)
+    ax.set_ylabel("normalised relevance")
+    ax.set_title(title)
+    if len(names) <= 20:
+        ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return save_figure(fig, path)
+
+
+def png_data_uri(path: str) -> str:
+    import base64
+
+    with open(path, "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode()
+
+
+__all__ = ["bar_chart", "overlay_slice", "most_relevant_slices", "cohort_figure", "relevance_cmap",
+           "png_data_uri", "save_figure"]
