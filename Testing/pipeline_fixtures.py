@@ -41,5 +41,5 @@ def geometry(path):
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
-    return (reader.GetSize(), np.round(reader.GetOrigin(), 4), np.round(reader.GetSpacing(), 4),
-            np.round(reader.GetDirection(), 6))
+    return (reader.GetSize(), tuple(np.round(reader.GetOrigin(), 4).tolist()),
+            tuple(np.round(reader.GetSpacing(), 4).tolist()), tuple(np.round(reader.GetDirection(), 6).tolist()))
