@@ -321,23 +321,18 @@ class LRP:
         order, seen, instance_norms = [], set(), {}
         for name, ins, out in calls:
             m = modules[name]
-            if isinstance(m, INSTANCE_NORM_TYPES):
+            if isinstance(m, INSTANCE_NORM_TYPES + BATCHNORM_TYPES):
                 src = {produced_by.get(i) for i in ins}
                 src_name = next(iter(src)) if len(src) == 1 else None
                 if src_name is None or not isinstance(modules[src_name], LINEAR_TYPES):
-                    raise LRPError(f"InstanceNorm layer {name!r} does not directly follow a convolution or linear "
-                                   "layer; it cannot be folded")
-                instance_norms[src_name] = m
-                _set_module(model, name, nn.Identity())
-            elif isinstance(m, BATCHNORM_TYPES):
-                src = {produced_by.get(i) for i in ins}
-                src_name = next(iter(src)) if len(src) == 1 else None
-                if src_name is None or not isinstance(modules[src_name], LINEAR_TYPES):
-                    raise LRPError(f"BatchNorm layer {name!r} does not directly follow a convolution or linear layer;"
+                    kind = "InstanceNorm" if isinstance(m, INSTANCE_NORM_TYPES) else "BatchNorm"
+                    raise LRPError(f"{kind} layer {name!r} does not directly follow a convolution or linear layer;"
                                    " it cannot be folded")
-                if name not in seen:
+                if isinstance(m, INSTANCE_NORM_TYPES):  # folded per forward pass, with that input's statistics
+                    instance_norms[src_name] = m
+                elif name not in seen:
                     _fold_batchnorm(modules[src_name], m)
-                    _set_module(model, name, nn.Identity())
+                _set_module(model, name, nn.Identity())
             elif isinstance(m, HEAD_TYPES):
                 if out != y_id:
                     raise LRPError(f"{type(m).__name__} layer {name!r} is not the network's last operation; "
