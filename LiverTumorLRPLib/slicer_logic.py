@@ -111,6 +111,57 @@ def resample_to(node, reference) -> np.ndarray:
     return sitk.GetArrayFromImage(out)
 
 
+# ---- headless scene ---------------------------------------------------------------------------------------------
+MODULE_LOGICS = (("Colors", "colors", "vtkSlicerColorLogic"), ("Volumes", "volumes", "vtkSlicerVolumesLogic"),
+                 ("Segmentations", "segmentations", "vtkSlicerSegmentationsModuleLogic"),
+                 ("Plots", "plots", "vtkSlicerPlotsLogic"))
+
+
+class headless_scene:
+    """Context manager for the Slicer core without ``slicer.app``: a scene, an application logic, the colors,
+    volumes, segmentations and plots logics, ``slicer.mrmlScene`` and a small ``slicer.modules``; restored on exit.
+
+    Inside Slicer (``slicer.app`` exists) it uses the application's scene and changes nothing.
+    """
+
+    def __init__(self):
+        self.scene = self.app_logic = None
+        self.logics: dict = {}
+        self._saved: dict = {}
+
+    def __enter__(self):
+        import types
+
+        if getattr(slicer, "app", None) is not None:
+            self.scene = slicer.mrmlScene
+            return self
+        self.scene = slicer.vtkMRMLScene()
+        self.app_logic = slicer.vtkSlicerApplicationLogic()
+        self.app_logic.SetMRMLScene(self.scene)
+        for name, attr, cls in MODULE_LOGICS:
+            logic = getattr(slicer, cls)()
+            logic.SetMRMLApplicationLogic(self.app_logic)
+            logic.SetMRMLScene(self.scene)
+            self.app_logic.SetModuleLogic(name, logic)
+            self.logics[attr] = logic
+        self._saved = {k: getattr(slicer, k) for k in ("mrmlScene", "modules") if hasattr(slicer, k)}
+        slicer.mrmlScene = self.scene
+        slicer.modules = types.SimpleNamespace(**{k: types.SimpleNamespace(logic=(lambda lg=lg: lg))
+                                                  for k, lg in self.logics.items()})
+        return self
+
+    def __exit__(self, *exc):
+        if self.app_logic is None:
+            return False
+        for k in ("mrmlScene", "modules"):
+            if k in self._saved:
+                setattr(slicer, k, self._saved[k])
+            elif hasattr(slicer, k):
+                delattr(slicer, k)
+        self.scene.Clear(1)
+        return False
+
+
 # ---- inputs -----------------------------------------------------------------------------------------------------
 def scalar_volume_nodes(scene=None) -> list:
     """Scalar (not labelmap) volume nodes of the scene, in scene order."""
@@ -726,7 +777,7 @@ def summary(result: ExplanationResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Inputs", "Region", "Task", "Job", "SegmentResult", "ExplanationResult", "REGION_KINDS",
+__all__ = ["headless_scene", "Inputs", "Region", "Task", "Job", "SegmentResult", "ExplanationResult", "REGION_KINDS",
            "assign_sequences", "resolve_inputs", "stack_inputs", "segment_mask", "point_mask", "segment",
            "segment_task", "explain_region", "explain_region_task", "analyze_sequences", "analyze_sequences_task",
            "write_segmentation", "write_relevance", "relevance_color_table", "label_color_table", "ijk_to_ras",
