@@ -251,6 +251,43 @@ def stack_inputs(inputs=None, scene=None, normalise: bool = True) -> Inputs:
     return Inputs(image.astype(np.float32), nodes, ref, ijk_to_ras(ref), messages)
 
 
+# ---- phantom case -----------------------------------------------------------------------------------------------
+PHANTOM_NAMES = {"T2": "T2", "T1_plain": "T1 plain", "T1_20s": "T1 arterial", "T1_60s": "T1 portal venous",
+                 "T1_120s": "T1 transitional", "T1_15min": "T1 hepatobiliary"}
+
+
+def phantom_ijk_to_ras(case) -> np.ndarray:
+    """IJK-to-RAS of a phantom case (its geometry is LPS, spacing (z, y, x))."""
+    direction = np.asarray(case.direction, dtype=float).reshape(3, 3)
+    m = np.eye(4)
+    m[:3, :3] = _LPS @ direction @ np.diag(np.asarray(case.spacing, dtype=float)[::-1])
+    m[:3, 3] = _LPS @ np.asarray(case.origin, dtype=float)
+    return m
+
+
+def add_phantom_case(seed: int = 0, shape=(32, 96, 96), spacing=(4.0, 3.0, 3.0), scene=None,
+                     prefix: str = "Phantom") -> dict:
+    """Generate a phantom case and add its six sequences (named for auto-assignment) and its reference tumor
+    segmentation (``"<prefix> reference"``) to the scene; key -> volume node."""
+    from .phantom import generate_case
+
+    scene = _scene(scene)
+    case = generate_case(seed, shape=shape, spacing=spacing)
+    m = phantom_ijk_to_ras(case)
+    nodes = {k: _add_volume(scene, case.images[k], m, f"{prefix} {PHANTOM_NAMES[k]}") for k in SEQUENCE_KEYS}
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", _unique_name(scene, f"{prefix} reference"))
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(nodes[REFERENCE_KEY])
+    labelmap = _add_volume(scene, (case.label > 0).astype(np.uint8), m, "phantom label", "vtkMRMLLabelMapVolumeNode")
+    try:
+        labelmap.GetDisplayNode().SetAndObserveColorNodeID(label_color_table(scene).GetID())
+        if case.label.any():
+            slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg)
+    finally:
+        scene.RemoveNode(labelmap)
+    seg.CreateDefaultDisplayNodes()
+    return nodes
+
+
 # ---- regions ----------------------------------------------------------------------------------------------------
 @dataclass
 class Region:
@@ -777,7 +814,7 @@ def summary(result: ExplanationResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["headless_scene", "Inputs", "Region", "Task", "Job", "SegmentResult", "ExplanationResult", "REGION_KINDS",
+__all__ = ["headless_scene", "add_phantom_case", "phantom_ijk_to_ras", "Inputs", "Region", "Task", "Job", "SegmentResult", "ExplanationResult", "REGION_KINDS",
            "assign_sequences", "resolve_inputs", "stack_inputs", "segment_mask", "point_mask", "segment",
            "segment_task", "explain_region", "explain_region_task", "analyze_sequences", "analyze_sequences_task",
            "write_segmentation", "write_relevance", "relevance_color_table", "label_color_table", "ijk_to_ras",

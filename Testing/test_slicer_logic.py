@@ -279,3 +279,16 @@ def test_bench_batch_script(tmp_path, case, model):
     assert "sequence_relevance.csv" in files and "tumor_probability.nii.gz" in files
     assert sum(f.startswith("relevance_") for f in files) == 6
     assert hasattr(slicer, "mrmlScene") == had_scene  # the script restores what it set
+
+
+def test_phantom_case_geometry(scene):
+    nodes = sl.add_phantom_case(2, shape=(8, 16, 16), spacing=(4.0, 3.0, 2.0), prefix="P")
+    assert set(sl.assign_sequences()) == set(SEQUENCE_KEYS)
+    ref = nodes["T1_15min"]
+    assert np.allclose(ref.GetSpacing(), (2.0, 3.0, 4.0))
+    case = generate_case(2, shape=(8, 16, 16), spacing=(4.0, 3.0, 2.0))
+    lps = np.asarray(case.reference().TransformIndexToPhysicalPoint((3, 5, 7)))
+    ras = sl.ijk_to_ras(ref) @ np.array([3, 5, 7, 1.0])
+    assert np.allclose(ras[:3], lps * [-1, -1, 1])
+    seg = scene.GetFirstNodeByName("P reference")
+    assert seg is not None and seg.GetSegmentation().GetNumberOfSegments() == int(case.label.any())
