@@ -78,7 +78,10 @@ def registerSampleData():
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
 
     def loadPhantom(*args, **kwargs):
-        LiverTumorLRPLogic().loadPhantomCase()
+        logic = LiverTumorLRPLogic()
+        if not logic.ensureDependencies():
+            return None
+        logic.loadPhantomCase()
         return os.path.join(iconsPath, "LiverTumorLRP.png")
 
     try:

@@ -55,8 +55,6 @@ def load_case(case_path, scene):
 
 def save_volume(node, path):
     """Write a volume node with a storage node (works with and without slicer.app)."""
-    import slicer
-
     storage = node.GetScene().AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     try:
         storage.SetFileName(path)
