@@ -7,6 +7,7 @@ reference geometry of a case.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -21,9 +22,9 @@ class Sequence:
 SEQUENCES: tuple[Sequence, ...] = (
     Sequence("T2", "T2", "T2-weighted", ("t2",)),
     Sequence("T1_plain", "T1 plain", "T1 before contrast (plain-T1)", ("plain", "pre", "native", "nativ")),
-    Sequence("T1_20s", "T1 20 s", "T1 20 s after gadoxetate (arterial)", ("20s", "20 s", "arterial")),
-    Sequence("T1_60s", "T1 60 s", "T1 60 s after gadoxetate (portal venous)", ("60s", "60 s", "portal", "venous")),
-    Sequence("T1_120s", "T1 120 s", "T1 120 s after gadoxetate (transitional)", ("120s", "120 s", "transitional", "late")),
+    Sequence("T1_20s", "T1 20 s", "T1 20 s after gadoxetate (arterial)", ("20s", "20 s", "20 sec", "arterial")),
+    Sequence("T1_60s", "T1 60 s", "T1 60 s after gadoxetate (portal venous)", ("60s", "60 s", "60 sec", "portal", "venous")),
+    Sequence("T1_120s", "T1 120 s", "T1 120 s after gadoxetate (transitional)", ("120s", "120 s", "120 sec", "2 min", "transitional", "late")),
     Sequence("T1_15min", "T1 15 min", "T1 15 min after gadoxetate (hepatobiliary)", ("15min", "15 min", "hepatobiliary", "hbp")),
 )
 
@@ -51,12 +52,21 @@ def class_index(name: "str | int") -> int:
     raise ValueError(f"unknown class {name!r}; expected 'tumor' (1) or 'background' (0)")
 
 
+def _alias_pattern(alias: str) -> "re.Pattern[str]":
+    """Regex for an alias at a word start; numbers must not be part of a larger number ("20s" is not in "120s")."""
+    body = r"\s*".join(re.escape(part) for part in alias.split())
+    if alias[0].isdigit():
+        return re.compile(rf"(?<![0-9]){body}(?![a-z0-9])")
+    return re.compile(rf"(?<![a-z]){body}")
+
+
 def guess_sequence(name: str) -> "str | None":
     """The sequence key a node or file name most likely refers to (``"T1 15min HBP"`` -> ``"T1_15min"``), or None.
 
-    Exact keys win; otherwise the longest matching alias.  "T2" only matches when no T1 alias does.
+    Exact keys win; otherwise the longest alias found at a word start ("T1 20s" is T1_20s, "T1 120s"
+    is T1_120s).  "T2" only matches when no T1 alias does.
     """
-    low = name.lower().replace("-", " ").replace("_", " ")
+    low = re.sub(r"[-_.]", " ", name.lower()).strip()
     compact = low.replace(" ", "")
     for s in SEQUENCES:
         if compact == s.key.lower().replace("_", ""):
@@ -64,8 +74,8 @@ def guess_sequence(name: str) -> "str | None":
     best, best_len = None, 0
     for s in SEQUENCES[1:]:
         for alias in s.aliases:
-            if (alias in low or alias.replace(" ", "") in compact) and len(alias) > best_len:
+            if len(alias) > best_len and _alias_pattern(alias).search(low):
                 best, best_len = s.key, len(alias)
-    if best is None and "t2" in compact:
+    if best is None and re.search(r"(?<![a-z0-9])t2(?![0-9])", low):
         return "T2"
     return best
