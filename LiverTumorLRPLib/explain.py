@@ -296,13 +296,36 @@ def choose_background(pred_tumor: np.ndarray, n: int, seed: int = 0, how: str = 
     return out.reshape(pred_tumor.shape)
 
 
+def choose_regions(pred_tumor: np.ndarray, seed: int = 0, background: str = "random",
+                   max_voxels: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sec. 2.3's regions (T, B): the predicted tumor (a seeded random subset when it has more than
+    ``max_voxels`` voxels or more than the background) and as many predicted-background voxels."""
+    n_pred = int(pred_tumor.sum())
+    if n_pred == 0:
+        raise ValueError("the model predicts no tumor voxels in this case, so there is no tumor region T to "
+                         "explain; sequence relevance (Sec. 2.3) needs a predicted tumor")
+    n = min(n_pred, int(pred_tumor.size - n_pred), max_voxels or n_pred)
+    if n == 0:
+        raise ValueError("the model predicts tumor everywhere; there is no background region B")
+    tumor = pred_tumor
+    if n < n_pred:
+        rng = np.random.default_rng(seed + 1)
+        idx = rng.choice(np.flatnonzero(pred_tumor), size=n, replace=False)
+        tumor = np.zeros(pred_tumor.size, dtype=bool)
+        tumor[idx] = True
+        tumor = tumor.reshape(pred_tumor.shape)
+    return tumor, choose_background(pred_tumor, n, seed, background)
+
+
 def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int = 0, background: str = "random",
                        max_voxels: Optional[int] = None, threshold: float = DEFAULT_THRESHOLD, bounds=None,
-                       patch_size=None, overlap: float = 0.5, progress=None, cancel=None) -> SequenceRelevance:
+                       patch_size=None, overlap: float = 0.5, progress=None, cancel=None,
+                       regions=None) -> SequenceRelevance:
     """Sec. 2.3: share of each sequence in ``M = M_B^0 + M_T^1`` (normalised to sum 1).
 
     T: the predicted-tumor voxels (a seeded random subset of ``max_voxels`` if given, or if there are more
     tumor than background voxels); B: as many predicted-background voxels (:func:`choose_background`).
+    ``regions=(T, B)`` gives both regions instead (e.g. the original model's, for a randomised model).
     Both Eq. 2 maps come from one forward(-mode) pass and one backward pass (LRP is linear in the seed).
     """
     image, _ = _as_image(x)
@@ -317,20 +340,15 @@ def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int
         y, S = crop(y, spatial), crop(S, spatial)
         pred_tumor = (y[1] > y[0]).numpy()
         n_pred = int(pred_tumor.sum())
-        if n_pred == 0:
-            raise ValueError("the model predicts no tumor voxels in this case, so there is no tumor region T to "
-                             "explain; sequence relevance (Sec. 2.3) needs a predicted tumor")
-        n = min(n_pred, int(pred_tumor.size - n_pred), max_voxels or n_pred)
-        if n == 0:
-            raise ValueError("the model predicts tumor everywhere; there is no background region B")
-        tumor = pred_tumor
-        if n < n_pred:
-            rng = np.random.default_rng(seed + 1)
-            idx = rng.choice(np.flatnonzero(pred_tumor), size=n, replace=False)
-            tumor = np.zeros(pred_tumor.size, dtype=bool)
-            tumor[idx] = True
-            tumor = tumor.reshape(spatial)
-        back = choose_background(pred_tumor, n, seed, background)
+        if regions is not None:
+            tumor, back = (_region_mask(r, spatial) for r in regions)
+            n = int(tumor.sum())
+            if n == 0 or int(back.sum()) != n:
+                raise ValueError(f"regions T and B must be non-empty and equally large, got {n} and "
+                                 f"{int(back.sum())} voxels")
+        else:
+            tumor, back = choose_regions(pred_tumor, seed, background, max_voxels)
+            n = int(tumor.sum())
         w = torch.zeros((S.shape[0],) + eng.plan.padded, dtype=eng.dtype)
         excluded = 0
         for cls, region in ((0, back), (1, tumor)):
@@ -357,4 +375,5 @@ def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int
 
 
 __all__ = ["relevance", "region_relevance", "region_relevance_loop", "sequence_relevance", "choose_background",
+           "choose_regions",
            "RegionRelevance", "SequenceRelevance", "LRP"]

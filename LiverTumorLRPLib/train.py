@@ -98,8 +98,13 @@ def _load_state(out, optimizer) -> int:
 
 def train(out, steps=2000, patch=(32, 96, 96), batch=2, base_channels=8, depth=3, norm="batch", lr=2e-3,
           seed=0, device="auto", resume=False, pool=12, refresh=20, shape=(48, 128, 128),
-          spacing=(4.0, 3.0, 3.0), save_every=100, progress=True, log=print) -> str:
-    """Train and return the path of ``model.safetensors`` in ``out``."""
+          spacing=(4.0, 3.0, 3.0), save_every=100, progress=True, log=print, informative=None) -> str:
+    """Train and return the path of ``model.safetensors`` in ``out``.
+
+    ``informative``: sequence keys that alone carry tumor contrast (a known-truth phantom variant,
+    :func:`phantom.generate_case`); recorded in ``model.json`` for ``liver-lrp validate``.
+    """
+    kw = {"informative": list(informative)} if informative else {}
     from tqdm import tqdm
 
     dev = resolve_device(device)
@@ -115,7 +120,7 @@ def train(out, steps=2000, patch=(32, 96, 96), batch=2, base_channels=8, depth=3
     start = _load_state(out, opt) if resume and os.path.exists(os.path.join(out, "train_state.safetensors")) else 0
     rng = np.random.default_rng([seed, start])
     next_seed = seed * 10000 + start // refresh + pool
-    cases = [case_arrays(seed * 10000 + i + start // refresh, shape, spacing) for i in range(pool)]
+    cases = [case_arrays(seed * 10000 + i + start // refresh, shape, spacing, **kw) for i in range(pool)]
     sched = lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0)))  # noqa: E731
     bar = tqdm(range(start, steps), desc="train", unit="step", disable=not progress, initial=start, total=steps)
     losses = []
@@ -123,7 +128,7 @@ def train(out, steps=2000, patch=(32, 96, 96), batch=2, base_channels=8, depth=3
         for g in opt.param_groups:
             g["lr"] = lr * (0.05 + 0.95 * sched(step))
         if step > start and step % refresh == 0:
-            cases[int(rng.integers(len(cases)))] = case_arrays(next_seed, shape, spacing)
+            cases[int(rng.integers(len(cases)))] = case_arrays(next_seed, shape, spacing, **kw)
             next_seed += 1
         xs, ys = [], []
         for _ in range(batch):
@@ -141,7 +146,7 @@ def train(out, steps=2000, patch=(32, 96, 96), batch=2, base_channels=8, depth=3
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if (step + 1) % save_every == 0 or step + 1 == steps:
-            save_model(model.eval(), model_path, extra={"trained_steps": step + 1})
+            save_model(model.eval(), model_path, extra={"trained_steps": step + 1, **kw})
             _save_state(out, step + 1, opt)
     bar.close()
     if start >= steps and not os.path.exists(model_path):
@@ -150,8 +155,9 @@ def train(out, steps=2000, patch=(32, 96, 96), batch=2, base_channels=8, depth=3
 
 
 def evaluate(model_path, n_cases=20, seed=EVAL_SEED, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0),
-             device="auto", progress=True) -> list[float]:
+             device="auto", progress=True, informative=None) -> list[float]:
     """Tumor Dice of the model on ``n_cases`` held-out phantom cases (one full-volume pass each)."""
+    kw = {"informative": list(informative)} if informative else {}
     from tqdm import tqdm
 
     from .inference import predict
@@ -161,7 +167,7 @@ def evaluate(model_path, n_cases=20, seed=EVAL_SEED, shape=(48, 128, 128), spaci
     model = load_model(model_path)
     scores = []
     for i in tqdm(range(n_cases), desc="evaluate", unit="case", disable=not progress):
-        image, label = case_arrays(seed + i, shape, spacing)
+        image, label = case_arrays(seed + i, shape, spacing, **kw)
         prob = predict(model, image, device=device)
         scores.append(dice(prob > 0.5, label > 0))
     return scores
@@ -183,13 +189,16 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--resume", action="store_true")
     p.add_argument("--shape", type=int, nargs=3, default=[48, 128, 128], metavar=("Z", "Y", "X"))
     p.add_argument("--spacing", type=float, nargs=3, default=[4.0, 3.0, 3.0], metavar=("Z", "Y", "X"))
+    p.add_argument("--informative", nargs="+", metavar="KEY",
+                   help="known-truth variant: tumor contrast only in these sequences (e.g. T1_120s)")
     p.add_argument("--evaluate", metavar="MODEL", help="instead of training: Dice of MODEL on held-out cases")
     p.add_argument("--cases", type=int, default=20, help="held-out cases for --evaluate")
 
 
 def run(args) -> int:
     if args.evaluate:
-        scores = evaluate(args.evaluate, args.cases, shape=args.shape, spacing=args.spacing, device=args.device)
+        scores = evaluate(args.evaluate, args.cases, shape=args.shape, spacing=args.spacing, device=args.device,
+                          informative=args.informative)
         print(json.dumps({"model": args.evaluate, "cases": len(scores), "mean_dice": float(np.mean(scores)),
                           "median_dice": float(np.median(scores)), "min_dice": float(np.min(scores)),
                           "dice": [round(s, 4) for s in scores]}, indent=2))
@@ -199,6 +208,6 @@ def run(args) -> int:
     t0 = time.time()
     path = train(args.out, args.steps, tuple(args.patch), args.batch, args.base_channels, args.depth, args.norm,
                  args.lr, args.seed, args.device, args.resume, args.pool, args.refresh, tuple(args.shape),
-                 tuple(args.spacing))
+                 tuple(args.spacing), informative=args.informative)
     print(f"model -> {path} ({time.time() - t0:.0f} s)")
     return 0
