@@ -1,0 +1,541 @@
+"""``liver-lrp validate``: are the explanations faithful?  Sanity checks and known-truth tests.
+
+Every check explains the same model output as the paper's Sec. 2.3, with T (predicted tumor) and
+B (as many predicted-background voxels) fixed from the original prediction:
+
+    f(x) = mean_{a in T} y^1_a(x) + mean_{a in B} y^0_a(x)        (y: class logits)
+
+1. Known truth (:func:`known_truth`): models trained on phantom variants whose tumor contrast lives
+   only in some sequences (``liver-lrp train --informative KEY``); sequence relevance must rank those first.
+2. Cascading model-parameter randomisation (:func:`randomisation_cascade`, Adebayo et al. 2018): the
+   linear layers are re-initialised from the output down; Spearman correlation of the Sec. 2.3 map
+   and of its six-sequence vector with the original's, per step.
+3. Class sensitivity (:func:`class_sensitivity`): tumor-class vs background-class Eq. 2 maps of T.
+4. Sequence ablation and exact Shapley values (:func:`sequence_ablation`, :func:`shapley_values`): a
+   sequence is "absent" when replaced by a baseline (zero = the sequence's mean foreground intensity
+   after normalisation, its volume mean, or a blurred copy); Shapley values of ``f`` over all 2^6
+   subsets, rank-correlated with LRP sequence relevance.
+5. Region perturbation (:func:`aopc`, Samek et al. 2017) in 3D: cubes are replaced by zero
+   most-relevant-first (MoRF), least-relevant-first (LeRF) and at random; the score is the tumor
+   evidence ``g(x) = mean_{a in T} y^1_a`` and AOPC is the mean drop ``g(x0) - g(x_k)`` over the
+   first ``fraction`` of cubes, divided by ``|g(x0)|``.  LRP presets (Eq. 2 map of T, tumor class)
+   vs gradient x input, integrated gradients and occlusion of ``g``.
+
+Cases are phantom cases cropped around the tumor (``crop``, default 32 x 96 x 96 voxels) so that a
+full run fits on a laptop; the crop is the model's input, so nothing is approximated.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import html
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage, stats
+
+from .explain import choose_regions, region_relevance, relevance, sequence_relevance
+from .lrp import LINEAR_TYPES
+from .presets import DEFAULT_PRESET
+from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
+
+CHECKS = ("known-truth", "randomisation", "class-sensitivity", "shapley", "aopc")
+AOPC_PRESETS = ("recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-beta1")
+BASELINE_METHODS = ("gradient-x-input", "integrated-gradients", "occlusion")
+RANDOMISATION_STEPS = (1, 2, 3, 6, 10)  # layers randomised from the output down (and finally all)
+VALIDATION_SEED = 200000  # phantom seeds used neither by training (seed * 10000 + i) nor by the model card (100000+)
+
+
+@dataclass
+class ValidationCase:
+    """One (cropped) normalised case with the regions of Sec. 2.3 fixed from the model's prediction."""
+
+    name: str
+    image: np.ndarray          # (C, D, H, W) normalised
+    tumor: np.ndarray          # T: predicted tumor (bool)
+    background: np.ndarray     # B: as many predicted-background voxels
+    informative: Optional[list] = None
+    label: Optional[np.ndarray] = field(default=None, repr=False)
+
+
+# ---- cases and the explained output --------------------------------------------------------------------------
+def crop_around(image: np.ndarray, centre, size) -> tuple:
+    """Slices of ``size`` voxels (clipped to the image) centred on ``centre``."""
+    sl = []
+    for c, s, n in zip(centre, size, image.shape[-3:]):
+        s = min(s, n)
+        start = int(np.clip(round(c - s / 2), 0, n - s))
+        sl.append(slice(start, start + s))
+    return tuple(sl)
+
+
+@torch.no_grad()
+def logits(model, x: np.ndarray, device="cpu") -> torch.Tensor:
+    """Class logits (N, K, D, H, W) of a (C, D, H, W) image or an (N, C, D, H, W) batch."""
+    t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+    t = t[None] if t.dim() == 4 else t
+    return model.to(device).eval()(t.to(device)).float().cpu()
+
+
+def make_case(model, image: np.ndarray, name: str, label=None, seed: int = 0, max_voxels: int = 2000,
+              informative=None, device="cpu") -> ValidationCase:
+    """Fix T and B (Sec. 2.3) from the model's prediction on ``image``."""
+    y = logits(model, image, device)[0]
+    tumor, back = choose_regions((y[1] > y[0]).numpy(), seed, "random", max_voxels)
+    return ValidationCase(name, image.astype(np.float32), tumor, back, informative, label)
+
+
+def phantom_cases(model, n: int, seed: int = VALIDATION_SEED, crop=(32, 96, 96), informative=None,
+                  device="cpu", skipped: Optional[list] = None) -> list[ValidationCase]:
+    """``n`` phantom cases, cropped around their largest tumor; cases without predicted tumor are skipped
+    (their names are appended to ``skipped``)."""
+    from .train import case_arrays
+
+    kw = {"informative": list(informative)} if informative else {}
+    out, i = [], 0
+    while len(out) < n and i < 3 * n:
+        image, label = case_arrays(seed + i, (48, 128, 128), (4.0, 3.0, 3.0), **kw)
+        name = f"phantom_{seed + i}"
+        i += 1
+        comps, k = ndimage.label(label > 0)
+        if k == 0:
+            continue
+        largest = 1 + int(np.argmax(ndimage.sum(label > 0, comps, range(1, k + 1))))
+        sl = crop_around(image, ndimage.center_of_mass(comps == largest), crop)
+        try:
+            out.append(make_case(model, image[(slice(None),) + sl], name, label[sl], seed, informative=informative,
+                                 device=device))
+        except ValueError:
+            if skipped is not None:
+                skipped.append(name)
+    return out
+
+
+def target(y: torch.Tensor, case: ValidationCase) -> torch.Tensor:
+    """Sec. 2.3's explained output per batch item: mean tumor logit over T + mean background logit over B."""
+    t, b = torch.from_numpy(case.tumor), torch.from_numpy(case.background)
+    return y[:, 1][:, t].mean(dim=1) + y[:, 0][:, b].mean(dim=1)
+
+
+def tumor_evidence(y: torch.Tensor, case: ValidationCase) -> torch.Tensor:
+    """``g``: mean tumor logit over T, per batch item."""
+    return y[:, 1][:, torch.from_numpy(case.tumor)].mean(dim=1)
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (0 when either input is constant)."""
+    a, b = np.ravel(a), np.ravel(b)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(stats.spearmanr(a, b)[0])
+
+
+def _lrp_sequence(model, case: ValidationCase, preset, device="cpu"):
+    return sequence_relevance(model, case.image, preset=preset, device=device, regions=(case.tumor, case.background))
+
+
+# ---- 4. ablation and Shapley values ------------------------------------------------------------------------
+def baseline_image(image: np.ndarray, kind: str = "zero") -> np.ndarray:
+    """What replaces an absent sequence: ``zero`` (its normalised foreground mean), ``mean`` (its volume
+    mean) or ``blur`` (Gaussian, sigma 3 voxels: anatomy without lesion detail)."""
+    if kind == "zero":
+        return np.zeros_like(image)
+    if kind == "mean":
+        return np.broadcast_to(image.mean(axis=(1, 2, 3), keepdims=True), image.shape).astype(image.dtype)
+    if kind == "blur":
+        return np.stack([ndimage.gaussian_filter(c, 3.0) for c in image]).astype(image.dtype)
+    raise ValueError(f"unknown baseline {kind!r}; use 'zero', 'mean' or 'blur'")
+
+
+def _subset_values(model, case: ValidationCase, subsets, baseline: str, device, batch: int = 4) -> np.ndarray:
+    """``f`` with only the sequences in each subset present (the others replaced by the baseline)."""
+    base = baseline_image(case.image, baseline)
+    values = []
+    for i in range(0, len(subsets), batch):
+        xs = np.stack([np.where(np.isin(np.arange(len(case.image)), list(s))[:, None, None, None], case.image, base)
+                       for s in subsets[i:i + batch]])
+        values.extend(target(logits(model, xs, device), case).tolist())
+    return np.array(values)
+
+
+def shapley_values(model, case: ValidationCase, baseline: str = "zero", device="cpu") -> np.ndarray:
+    """Exact Shapley values of ``f`` for the C sequences: 2^C forward passes.
+
+    ``phi_i = sum_{S without i} |S|! (C - |S| - 1)! / C! * (f(S + i) - f(S))``; they sum to f(all) - f(none).
+    """
+    C = case.image.shape[0]
+    subsets = [frozenset(s) for r in range(C + 1) for s in combinations(range(C), r)]
+    v = dict(zip(subsets, _subset_values(model, case, subsets, baseline, device)))
+    phi = np.zeros(C)
+    for s in subsets:
+        for i in range(C):
+            if i not in s:
+                w = math.factorial(len(s)) * math.factorial(C - len(s) - 1) / math.factorial(C)
+                phi[i] += w * (v[s | {i}] - v[s])
+    return phi
+
+
+def sequence_ablation(model, case: ValidationCase, baseline: str = "zero", device="cpu") -> np.ndarray:
+    """Drop of ``f`` when one sequence at a time is replaced by the baseline: f(all) - f(all without i)."""
+    C = case.image.shape[0]
+    subsets = [frozenset(range(C))] + [frozenset(range(C)) - {i} for i in range(C)]
+    v = _subset_values(model, case, subsets, baseline, device)
+    return v[0] - v[1:]
+
+
+# ---- 2. randomisation ----------------------------------------------------------------------------------------
+def linear_layers_in_order(model, x: np.ndarray) -> list[str]:
+    """Names of the linear layers (conv, transposed conv, linear) in execution order."""
+    order, hooks = [], []
+    for name, m in model.named_modules():
+        if isinstance(m, LINEAR_TYPES):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, n=name: order.append(n) if n not in order else None))
+    try:
+        logits(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def randomisation_cascade(model, case: ValidationCase, preset=DEFAULT_PRESET, device="cpu", seed: int = 0,
+                          max_voxels: int = 200_000, steps: Optional[Sequence[int]] = None) -> list[dict]:
+    """Re-initialise the linear layers from the output down, cumulatively; after each step in ``steps``
+    (number of layers randomised; default: every step) the Spearman correlation of the Sec. 2.3 map
+    (signed and absolute) and of its six-sequence vector with the original's."""
+    original = _lrp_sequence(model, case, preset, device)
+    rng = np.random.default_rng(seed)
+    n = original.maps.size
+    pick = rng.choice(n, size=min(n, max_voxels), replace=False)
+    ref = original.maps.ravel()[pick]
+    layers = linear_layers_in_order(model, case.image)
+    randomised = copy.deepcopy(model).cpu()
+    modules = dict(randomised.named_modules())
+    torch.manual_seed(seed)
+    rows = [{"step": 0, "layer": "(original)", "map": 1.0, "abs_map": 1.0, "sequences": 1.0,
+             "shares": original.shares.tolist()}]
+    for step, name in enumerate(reversed(layers), 1):
+        modules[name].reset_parameters()
+        if steps is not None and step not in steps and step != len(layers):
+            continue
+        try:
+            r = _lrp_sequence(randomised, case, preset, device)
+            m = r.maps.ravel()[pick]
+            rows.append({"step": step, "layer": name, "map": spearman(ref, m), "abs_map": spearman(np.abs(ref), np.abs(m)),
+                         "sequences": spearman(original.shares, r.shares), "shares": r.shares.tolist()})
+        except ValueError as exc:  # e.g. the randomised map sums to zero
+            rows.append({"step": step, "layer": name, "map": float("nan"), "abs_map": float("nan"),
+                         "sequences": float("nan"), "error": str(exc)})
+    return rows
+
+
+# ---- 3. class sensitivity -----------------------------------------------------------------------------------
+def class_sensitivity(model, case: ValidationCase, preset=DEFAULT_PRESET, device="cpu") -> dict:
+    """Tumor-class vs background-class explanations of T: Spearman correlation of the Eq. 1 maps of the
+    summed logits over T (``raw_map``: -1 when the two logits carry opposite evidence) and of the Eq. 2
+    maps (``map``: each voxel's map divided by its sum, which cancels a sign flip, so two antisymmetric
+    logits give 1), and the L1 distance of the Eq. 2 sequence shares."""
+    seeds = np.zeros((2,) + case.tumor.shape, np.float32)
+    raw = []
+    for c in (1, 0):
+        seeds[:] = 0
+        seeds[c][case.tumor] = 1.0
+        raw.append(relevance(model, case.image, seeds, preset=preset, device=device))
+    tumor = region_relevance(model, case.image, case.tumor, "tumor", preset=preset, device=device)
+    back = region_relevance(model, case.image, case.tumor, "background", preset=preset, device=device)
+    return {"raw_map": spearman(*raw), "map": spearman(tumor.maps, back.maps),
+            "shares_l1": float(np.abs(tumor.sequence_shares - back.sequence_shares).sum()),
+            "tumor_shares": tumor.sequence_shares.tolist(), "background_shares": back.sequence_shares.tolist()}
+
+
+# ---- 5. region perturbation ---------------------------------------------------------------------------------
+def _evidence_grad(model, x: torch.Tensor, case: ValidationCase) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(tumor_evidence(model(x), case).sum(), x)
+    return g
+
+
+def heatmap(method: str, model, case: ValidationCase, device="cpu", cube=(4, 12, 12), ig_steps: int = 16) -> np.ndarray:
+    """Voxel relevance (D, H, W) for the tumor evidence of T: an LRP preset's Eq. 2 map (summed over
+    sequences), gradient x input, integrated gradients (zero baseline) or occlusion (per cube)."""
+    if method not in BASELINE_METHODS:
+        return region_relevance(model, case.image, case.tumor, "tumor", preset=method, device=device).maps.sum(0)
+    net = model.to(device).eval()
+    x = torch.from_numpy(case.image)[None].to(device)
+    if method == "gradient-x-input":
+        return (_evidence_grad(net, x, case) * x)[0].sum(0).cpu().numpy()
+    if method == "integrated-gradients":
+        total = torch.zeros_like(x)
+        for a in (np.arange(ig_steps) + 0.5) / ig_steps:
+            total += _evidence_grad(net, x * float(a), case)
+        return (x * total / ig_steps)[0].sum(0).cpu().numpy()
+    # occlusion: drop of g when one cube is zeroed, spread evenly over the cube
+    g0 = float(tumor_evidence(logits(net, case.image, device), case)[0])
+    cubes = _cubes(case.image.shape[1:], cube)
+    heat = np.zeros(case.image.shape[1:], np.float32)
+    for i in range(0, len(cubes), 4):
+        batch = [_remove(case.image, [c]) for c in cubes[i:i + 4]]
+        drops = g0 - tumor_evidence(logits(net, np.stack(batch), device), case).numpy()
+        for c, d in zip(cubes[i:i + 4], drops):
+            heat[c] = d / np.prod([s.stop - s.start for s in c])
+    return heat
+
+
+def _cubes(shape, cube) -> list[tuple]:
+    grid = [range(0, n, c) for n, c in zip(shape, cube)]
+    return [tuple(slice(s, min(s + c, n)) for s, c, n in zip(start, cube, shape))
+            for start in np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, 3)]
+
+
+def _remove(image: np.ndarray, cubes) -> np.ndarray:
+    x = image.copy()
+    for c in cubes:
+        x[(slice(None),) + c] = 0.0
+    return x
+
+
+def perturbation_curve(model, case: ValidationCase, order: Sequence[tuple], steps: Sequence[int],
+                       device="cpu") -> np.ndarray:
+    """``g(x0) - g(x_k)`` after removing the first ``k`` cubes of ``order``, for each ``k`` in ``steps``."""
+    xs = [_remove(case.image, order[:k]) for k in steps]
+    g = np.concatenate([tumor_evidence(logits(model, np.stack(xs[i:i + 4]), device), case).numpy()
+                        for i in range(0, len(xs), 4)])
+    g0 = float(tumor_evidence(logits(model, case.image, device), case)[0])
+    return g0 - g
+
+
+def aopc(model, case: ValidationCase, methods: Sequence[str], cube=(4, 12, 12), fraction: float = 0.25,
+         points: int = 13, n_random: int = 3, device="cpu", seed: int = 0) -> dict:
+    """AOPC (mean drop over the first ``fraction`` of cubes, / |g(x0)|) for MoRF and LeRF of each method,
+    and for random orders.  Returns {method: {"morf", "lerf", "morf_curve", "lerf_curve"}, "random": ...}."""
+    cubes = _cubes(case.image.shape[1:], cube)
+    steps = np.unique(np.linspace(0, max(1, int(fraction * len(cubes))), points).astype(int))
+    g0 = abs(float(tumor_evidence(logits(model, case.image, device), case)[0])) or 1.0
+    result = {"steps": steps.tolist(), "n_cubes": len(cubes)}
+    for method in methods:
+        heat = heatmap(method, model, case, device, cube)
+        score = np.array([heat[c].sum() for c in cubes])
+        morf = [cubes[i] for i in np.argsort(-score, kind="stable")]
+        morf_curve = perturbation_curve(model, case, morf, steps, device) / g0
+        lerf_curve = perturbation_curve(model, case, morf[::-1], steps, device) / g0
+        result[method] = {"morf": float(morf_curve.mean()), "lerf": float(lerf_curve.mean()),
+                          "morf_curve": morf_curve.tolist(), "lerf_curve": lerf_curve.tolist()}
+    rng = np.random.default_rng(seed)
+    curves = [perturbation_curve(model, case, [cubes[i] for i in rng.permutation(len(cubes))], steps, device) / g0
+              for _ in range(n_random)]
+    result["random"] = {"morf": float(np.mean(curves)), "morf_curve": np.mean(curves, axis=0).tolist()}
+    return result
+
+
+# ---- 1. known truth -----------------------------------------------------------------------------------------
+def informative_ranked_first(shares, informative: Sequence[str]) -> bool:
+    """Are the ``k`` informative sequences the ``k`` with the largest relevance?"""
+    k = len(informative)
+    top = {SEQUENCE_KEYS[i] for i in np.argsort(-np.asarray(shares), kind="stable")[:k]}
+    return top == set(informative)
+
+
+def known_truth(model, cases: Sequence[ValidationCase], presets: Sequence[str], device="cpu") -> dict:
+    """Per preset: the share of cases whose informative sequences sequence relevance ranks first."""
+    out = {}
+    for preset in presets:
+        hits = [informative_ranked_first(_lrp_sequence(model, c, preset, device).shares, c.informative)
+                for c in cases]
+        out[preset] = {"hits": int(sum(hits)), "cases": len(hits), "share": float(np.mean(hits)) if hits else float("nan")}
+    return out
+
+
+# ---- the report ---------------------------------------------------------------------------------------------
+def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence[str] = AOPC_PRESETS,
+                   checks: Sequence[str] = CHECKS, known_truth_models: Sequence[str] = (), crop=(32, 96, 96),
+                   detail_cases: int = 5, baseline: str = "zero", device="cpu", seed: int = VALIDATION_SEED,
+                   log=print) -> dict:
+    """Run the checks and write ``validation.json``, ``presets.csv``, figures and ``report.html`` to ``out``.
+
+    Shapley values use ``cases`` cases; class sensitivity, randomisation and AOPC (slow) the first
+    ``detail_cases`` of them; known truth ``cases`` cases per model in ``known_truth_models``.
+    """
+    from .case_io import write_json
+    from .models import load_model
+
+    net = load_model(model) if not isinstance(model, torch.nn.Module) else model
+    net = net.cpu().eval()
+    skipped: list = []
+    pool = phantom_cases(net, cases, seed, crop, device=device, skipped=skipped)
+    log(f"validation: {len(pool)} phantom cases ({len(skipped)} without predicted tumor skipped)")
+    res: dict = {"cases": [c.name for c in pool], "skipped": skipped, "crop": list(crop), "baseline": baseline,
+                 "presets": list(presets), "per_preset": {p: {} for p in presets}}
+    if "shapley" in checks:
+        rows = []
+        for c in pool:
+            phi = shapley_values(net, c, baseline, device)
+            abl = {b: sequence_ablation(net, c, b, device).tolist() for b in ("zero", "mean", "blur")}
+            lrp = {p: _lrp_sequence(net, c, p, device).shares.tolist() for p in presets}
+            rows.append({"case": c.name, "shapley": phi.tolist(), "ablation": abl, "lrp": lrp,
+                         "rho": {p: spearman(phi, lrp[p]) for p in presets}})
+            rho = ", ".join(f"{p} {rows[-1]['rho'][p]:+.2f}" for p in presets)
+            log(f"  shapley {c.name}: rho {rho}")
+        res["shapley"] = rows
+        for p in presets:
+            res["per_preset"][p]["shapley_rho_median"] = float(np.median([r["rho"][p] for r in rows]))
+    detail = pool[:detail_cases]
+    if "class-sensitivity" in checks:
+        res["class_sensitivity"] = {p: [class_sensitivity(net, c, p, device) for c in detail] for p in presets}
+        for p in presets:
+            for k in ("raw_map", "map"):
+                res["per_preset"][p][f"class_{k}_rho_median"] = float(np.median(
+                    [r[k] for r in res["class_sensitivity"][p]]))
+    if "randomisation" in checks:
+        res["randomisation"] = {p: [randomisation_cascade(net, c, p, device, steps=RANDOMISATION_STEPS)
+                                    for c in detail] for p in presets}
+        for p in presets:
+            top3 = [next(r for r in rows if r["step"] >= 3) for rows in res["randomisation"][p]]
+            res["per_preset"][p]["randomised_top3_map_rho_median"] = float(np.nanmedian([r["map"] for r in top3]))
+            res["per_preset"][p]["randomised_top3_sequence_rho_median"] = float(
+                np.nanmedian([r["sequences"] for r in top3]))
+        log("  randomisation done")
+    if "aopc" in checks:
+        res["aopc"] = [aopc(net, c, list(presets) + list(BASELINE_METHODS), device=device) for c in detail]
+        for m in list(presets) + list(BASELINE_METHODS) + ["random"]:
+            res.setdefault("aopc_summary", {})[m] = {
+                k: float(np.mean([r[m][k] for r in res["aopc"]])) for k in ("morf", "lerf") if k in res["aopc"][0][m]}
+        for p in presets:
+            res["per_preset"][p]["aopc_morf"] = res["aopc_summary"][p]["morf"]
+            res["per_preset"][p]["aopc_lerf"] = res["aopc_summary"][p]["lerf"]
+        log("  AOPC done")
+    if "known-truth" in checks and known_truth_models:
+        res["known_truth"] = {}
+        for path in known_truth_models:
+            kt_net = load_model(path).cpu().eval()
+            informative = _informative_of(path)
+            kt_cases = phantom_cases(kt_net, cases, seed, crop, informative=informative, device=device)
+            res["known_truth"][path] = {"informative": informative, **known_truth(kt_net, kt_cases, presets, device)}
+        for p in presets:
+            hits = [v[p]["hits"] for v in res["known_truth"].values()]
+            n = [v[p]["cases"] for v in res["known_truth"].values()]
+            res["per_preset"][p]["known_truth_share"] = float(sum(hits) / max(sum(n), 1))
+        log("  known truth done")
+    os.makedirs(out, exist_ok=True)
+    write_json(res, os.path.join(out, "validation.json"))
+    _write_tables_and_figures(out, res)
+    return res
+
+
+def _informative_of(model_path: str) -> list:
+    import json
+
+    cfg = json.loads(open(os.path.splitext(model_path)[0] + ".json").read())
+    if not cfg.get("informative"):
+        raise ValueError(f"{model_path}: its model.json records no 'informative' sequences; train known-truth models "
+                         "with `liver-lrp train --informative KEY`")
+    return list(cfg["informative"])
+
+
+PRESET_COLUMNS = ("known_truth_share", "shapley_rho_median", "randomised_top3_map_rho_median",
+                  "randomised_top3_sequence_rho_median", "class_raw_map_rho_median", "class_map_rho_median",
+                  "aopc_morf", "aopc_lerf")
+
+
+def _write_tables_and_figures(out: str, res: dict) -> None:
+    from .case_io import write_text
+    from .figures import _plt, png_data_uri, save_figure
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["preset", *PRESET_COLUMNS])
+    for p, row in res["per_preset"].items():
+        w.writerow([p, *[f"{row[c]:.3f}" if c in row else "" for c in PRESET_COLUMNS]])
+    if "aopc_summary" in res:
+        for m in BASELINE_METHODS + ("random",):
+            s = res["aopc_summary"][m]
+            w.writerow([m, *[""] * (len(PRESET_COLUMNS) - 2), f"{s['morf']:.3f}",
+                        f"{s['lerf']:.3f}" if "lerf" in s else ""])
+    write_text(buf.getvalue(), os.path.join(out, "presets.csv"))
+    plt = _plt()
+    figs = []
+    if "randomisation" in res:
+        fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+        for p, runs in res["randomisation"].items():
+            steps = [r["step"] for r in runs[0]]
+            ax.plot(steps, np.nanmedian([[r["map"] for r in run] for run in runs], axis=0), marker="o", ms=3, label=p)
+        ax.axhline(0.3, color="grey", ls=":", lw=1)
+        ax.set_xlabel("layers randomised (from the output)")
+        ax.set_ylabel("Spearman rho with original map")
+        ax.legend(fontsize=7)
+        figs.append(("Cascading parameter randomisation", save_figure(fig, os.path.join(out, "randomisation.png"))))
+    if "aopc" in res:
+        fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+        steps = res["aopc"][0]["steps"]
+        for m in [*res["presets"], *BASELINE_METHODS, "random"]:
+            ax.plot(steps, np.mean([r[m]["morf_curve"] for r in res["aopc"]], axis=0), label=m,
+                    ls="--" if m in BASELINE_METHODS else ("-" if m != "random" else ":"))
+        ax.set_xlabel("cubes removed (most relevant first)")
+        ax.set_ylabel("drop of tumor evidence / |g(x0)|")
+        ax.legend(fontsize=7)
+        figs.append(("Region perturbation (MoRF)", save_figure(fig, os.path.join(out, "aopc.png"))))
+    if "shapley" in res:
+        fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+        data = [[r["rho"][p] for r in res["shapley"]] for p in res["presets"]]
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(data) + 1), res["presets"], rotation=15)
+        ax.set_ylabel("Spearman rho, LRP vs Shapley")
+        figs.append(("LRP sequence relevance vs exact Shapley values", save_figure(fig, os.path.join(out, "shapley.png"))))
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in ("preset", *PRESET_COLUMNS))
+    body = "".join("<tr>" + f"<td>{e(p)}</td>" + "".join(f"<td>{row[c]:.3f}</td>" if c in row else "<td></td>"
+                                                        for c in PRESET_COLUMNS) + "</tr>"
+                   for p, row in res["per_preset"].items())
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>LiverTumorLRP validation</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
+             "<h1>LiverTumorLRP validation</h1>",
+             f"<p>{len(res['cases'])} phantom cases (crop {res['crop']}), baseline '{e(res['baseline'])}'. "
+             "Columns: known-truth share (informative sequence ranked first), median Spearman rho with exact Shapley "
+             "values, median rho of map and sequence vector with the original after randomising the top 3 layers, "
+             "median rho between tumor- and background-class maps of T (Eq. 1 and Eq. 2), AOPC most- and "
+             "least-relevant first.</p>",
+             f"<table><tr>{head}</tr>{body}</table>"]
+    parts += [f"<h2>{e(t)}</h2><img src='{png_data_uri(p)}'>" for t, p in figs]
+    if "aopc_summary" in res:
+        parts.append("<h2>AOPC</h2><table><tr><th>method</th><th>MoRF</th><th>LeRF</th></tr>" + "".join(
+            f"<tr><td>{e(m)}</td><td>{s['morf']:.3f}</td><td>{s.get('lerf', float('nan')):.3f}</td></tr>"
+            for m, s in res["aopc_summary"].items()) + "</table>")
+    parts.append("</body></html>")
+    write_text("\n".join(parts), os.path.join(out, "report.html"))
+
+
+def add_arguments(p: argparse.ArgumentParser):
+    p.add_argument("--out", required=True, help="folder for validation.json, presets.csv, figures and report.html")
+    p.add_argument("--model", default="bundled", help="'bundled' or a .safetensors file with its .json config")
+    p.add_argument("--cases", type=int, default=20, help="phantom cases for Shapley, class sensitivity, known truth")
+    p.add_argument("--detail-cases", type=int, default=5, help="cases for randomisation and AOPC (slow)")
+    p.add_argument("--presets", nargs="+", default=list(AOPC_PRESETS))
+    p.add_argument("--checks", nargs="+", default=list(CHECKS), choices=list(CHECKS))
+    p.add_argument("--known-truth", nargs="*", default=[], metavar="MODEL",
+                   help="models trained with `liver-lrp train --informative KEY ...`")
+    p.add_argument("--crop", type=int, nargs=3, default=[32, 96, 96], metavar=("Z", "Y", "X"))
+    p.add_argument("--baseline", default="zero", choices=["zero", "mean", "blur"], help="absent-sequence baseline")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=VALIDATION_SEED)
+
+
+def run(args) -> int:
+    from .device import resolve_device
+
+    res = run_validation(args.out, args.model, args.cases, args.presets, args.checks, args.known_truth,
+                         tuple(args.crop), args.detail_cases, args.baseline, resolve_device(args.device), args.seed)
+    with open(os.path.join(args.out, "presets.csv")) as fh:
+        print(fh.read().strip())
+    print(f"report -> {os.path.join(args.out, 'report.html')}")
+    return 0 if res["cases"] else 1
+
+
+__all__ = ["run_validation", "shapley_values", "sequence_ablation", "randomisation_cascade", "class_sensitivity",
+           "aopc", "known_truth", "informative_ranked_first", "phantom_cases", "make_case", "spearman"]

@@ -1,0 +1,161 @@
+"""Validation checks (issue 6), tiny versions: exact Shapley values, ablation, known truth, randomisation,
+class sensitivity and region perturbation on models whose answers are known."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from LiverTumorLRPLib import validate as V
+from LiverTumorLRPLib.sequences import SEQUENCE_KEYS
+from LiverTumorLRPLib.unet import UNet3D, UNetConfig
+
+SHAPE = (8, 16, 16)
+
+
+def linear_model(seed=0, only_channel=None) -> nn.Module:
+    """Logits linear in the input: every sequence adds its own contribution (Shapley = ablation)."""
+    torch.manual_seed(seed)
+    conv = nn.Conv3d(6, 2, 3, padding=1)
+    if only_channel is not None:
+        with torch.no_grad():
+            keep = torch.zeros(6, dtype=torch.bool)
+            keep[only_channel] = True
+            conv.weight[:, ~keep] = 0.0
+    return nn.Sequential(conv).eval()
+
+
+def random_case(model, seed=0) -> V.ValidationCase:
+    image = np.random.default_rng(seed).standard_normal((6,) + SHAPE).astype(np.float32)
+    return V.make_case(model, image, f"random_{seed}", max_voxels=200)
+
+
+def test_regions_are_equally_large_and_disjoint():
+    case = random_case(linear_model())
+    assert case.tumor.sum() == case.background.sum() > 0
+    assert not (case.tumor & case.background).any()
+    y = V.logits(linear_model(), case.image)[0]
+    assert bool((y[1] > y[0])[torch.from_numpy(case.tumor)].all())
+
+
+def test_shapley_is_exact_for_an_additive_model():
+    model = linear_model()
+    case = random_case(model)
+    phi = V.shapley_values(model, case, "zero")
+    # efficiency: the values add up to f(all) - f(none)
+    f_all, f_none = (float(V.target(V.logits(model, x), case)[0]) for x in (case.image, np.zeros_like(case.image)))
+    assert phi.sum() == pytest.approx(f_all - f_none, rel=1e-4, abs=1e-4)
+    # additive model: each value is the sequence's own contribution, which is also its ablation drop
+    np.testing.assert_allclose(phi, V.sequence_ablation(model, case, "zero"), rtol=1e-4, atol=1e-4)
+    for i in range(6):
+        x = np.zeros_like(case.image)
+        x[i] = case.image[i]
+        own = float(V.target(V.logits(model, x), case)[0]) - f_none
+        assert phi[i] == pytest.approx(own, rel=1e-4, abs=1e-4)
+
+
+def test_shapley_of_an_interaction_is_split_equally():
+    """f = a * b (two sequences interacting): each gets half, the others zero."""
+    class Product(nn.Module):
+        def forward(self, x):
+            v = (x[:, 0] * x[:, 3]).mean(dim=(1, 2, 3))
+            return torch.stack([torch.zeros_like(x[:, 0]), v[:, None, None, None] + 0 * x[:, 0]], 1)
+
+    image = np.ones((6,) + SHAPE, np.float32)
+    tumor = np.zeros(SHAPE, bool)
+    tumor[0, 0, :4] = True
+    back = np.zeros(SHAPE, bool)
+    back[-1, -1, :4] = True
+    case = V.ValidationCase("product", image, tumor, back)
+    np.testing.assert_allclose(V.shapley_values(Product(), case), [0.5, 0, 0, 0.5, 0, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="unknown baseline 'noise'"):
+        V.shapley_values(Product(), case, "noise")
+
+
+def test_known_truth_ranks_the_only_used_sequence_first():
+    model = linear_model(only_channel=SEQUENCE_KEYS.index("T1_120s"))
+    cases = [random_case(model, s) for s in range(2)]
+    for c in cases:
+        c.informative = ["T1_120s"]
+    res = V.known_truth(model, cases, ["recommended", "epsilon"])
+    assert res["recommended"] == {"hits": 2, "cases": 2, "share": 1.0}
+    assert res["epsilon"]["share"] == 1.0
+    assert V.informative_ranked_first([0.1, 0.2, 0.05, 0.3, 0.25, 0.1], ["T1_60s", "T1_120s"])
+    assert not V.informative_ranked_first([0.1, 0.2, 0.05, 0.3, 0.25, 0.1], ["T2"])
+
+
+def test_randomisation_cascade_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = UNet3D(UNetConfig(depth=2, base_channels=4)).eval()
+    image = np.random.default_rng(0).standard_normal((6,) + SHAPE).astype(np.float32)
+    y = V.logits(model, image)[0]
+    with torch.no_grad():  # shift the tumor logit so that about half the voxels are predicted tumor
+        model.head.bias[1] += float((y[0] - y[1]).median())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    case = V.make_case(model, image, "unet", max_voxels=200)
+    layers = V.linear_layers_in_order(model, case.image)
+    assert layers[-1] == "head" and layers[0].startswith("encoders.0")
+    rows = V.randomisation_cascade(model, case, "recommended", steps=(1, 2))
+    assert [r["step"] for r in rows] == [0, 1, 2, len(layers)]
+    assert rows[0]["map"] == 1.0 and rows[1]["layer"] == "head"
+    assert all(-1.0 <= r["map"] <= 1.0 for r in rows[1:] if "error" not in r)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_class_sensitivity_of_antisymmetric_logits():
+    """y0 = -y1: the Eq. 1 maps are exact opposites (rho -1); Eq. 2's per-voxel normalisation cancels the sign."""
+    conv = nn.Conv3d(6, 2, 1, bias=False)
+    with torch.no_grad():
+        w = torch.randn(1, 6, 1, 1, 1)
+        conv.weight.copy_(torch.cat([-w, w]))
+    model = nn.Sequential(conv).eval()
+    case = random_case(model, 3)
+    res = V.class_sensitivity(model, case, "epsilon")
+    assert res["raw_map"] == pytest.approx(-1.0, abs=1e-6)
+    assert res["map"] == pytest.approx(1.0, abs=1e-6) and res["shares_l1"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_aopc_orders_on_an_additive_model():
+    """For a linear model gradient x input and occlusion are exact cube contributions, so removing the most
+    relevant cubes first drops the score at least as fast as any random order, and least-relevant first
+    at most as fast."""
+    model = linear_model(1)
+    case = random_case(model, 1)
+    res = V.aopc(model, case, ["gradient-x-input", "occlusion", "epsilon"], cube=(4, 8, 8), fraction=0.5,
+                 points=5, n_random=2)
+    assert res["n_cubes"] == 8 and res["steps"] == [0, 1, 2, 3, 4]
+    gi, occ, rnd = res["gradient-x-input"], res["occlusion"], res["random"]
+    assert gi["morf_curve"][0] == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(gi["morf_curve"], occ["morf_curve"], atol=1e-5)
+    assert all(m >= r - 1e-5 for m, r in zip(gi["morf_curve"], rnd["morf_curve"]))
+    assert gi["morf"] >= rnd["morf"] >= gi["lerf"]
+
+
+def test_validate_command_tiny(tmp_path, capsys):
+    from LiverTumorLRPLib.cli import main
+
+    out = tmp_path / "val"
+    assert main(["validate", "--out", str(out), "--cases", "1", "--detail-cases", "1", "--crop", "16", "32", "32",
+                 "--presets", "recommended", "--device", "cpu"]) == 0
+    res = json.loads((out / "validation.json").read_text())
+    assert len(res["cases"]) == 1 and set(res["per_preset"]) == {"recommended"}
+    row = res["per_preset"]["recommended"]
+    for key in ("shapley_rho_median", "randomised_top3_map_rho_median", "class_raw_map_rho_median", "aopc_morf"):
+        assert -1.0 <= row[key] <= 1.0 or key == "aopc_morf", key
+    assert len(res["shapley"][0]["shapley"]) == 6
+    for name in ("presets.csv", "report.html", "randomisation.png", "aopc.png", "shapley.png"):
+        assert os.path.getsize(out / name) > 0
+    assert "recommended" in capsys.readouterr().out
+
+
+def test_known_truth_model_needs_its_informative_sequences(tmp_path):
+    from LiverTumorLRPLib.unet import save_model
+
+    path = save_model(UNet3D(UNetConfig(depth=2, base_channels=4)).eval(), tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match="records no 'informative' sequences"):
+        V._informative_of(str(path))
