@@ -35,6 +35,14 @@ def save_figure(fig, path: str) -> str:
     return write_bytes(buf.getvalue(), path)
 
 
+def display_max(maps: np.ndarray, percentile: float = 99.5) -> float:
+    """Colour range +-this for relevance: the ``percentile`` of |relevance| over non-zero voxels, so that a few
+    extreme voxels do not push everything else into the transparent band near zero."""
+    a = np.abs(np.asarray(maps, dtype=np.float64))
+    a = a[a > 0]
+    return float(np.percentile(a, percentile)) if a.size else 1.0
+
+
 def relevance_cmap():
     """Blue-white-red, with alpha rising from 0 at zero relevance."""
     from matplotlib.colors import LinearSegmentedColormap
@@ -75,7 +83,7 @@ def overlay_slice(image: np.ndarray, maps: np.ndarray, z: int, path: str, tumor:
     """One axial slice: six panels (sequence in grey, its relevance overlaid, tumor outline) and a colour bar."""
     plt = _plt()
     n = maps.shape[0]
-    vmax = float(np.abs(maps[:, z]).max()) or 1.0
+    vmax = display_max(maps[:, z])
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n + 0.8, 2.6), dpi=100)
     cmap = relevance_cmap()
     im = None

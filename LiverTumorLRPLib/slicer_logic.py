@@ -637,7 +637,9 @@ def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, de
     shares = flat.sum(axis=1) / total if shares is None else np.asarray(shares, dtype=float)
     positive = np.clip(flat, 0, None).sum(axis=1) / total
     negative = np.clip(flat, None, 0).sum(axis=1) / total
-    m = float(np.abs(maps).max()) or 1.0
+    from .figures import display_max
+
+    m = display_max(maps)
     colors = relevance_color_table(scene)
     sh = scene.GetSubjectHierarchyNode()
     folder = sh.CreateFolderItem(sh.GetSceneItemID(), _unique_name(scene, name))
