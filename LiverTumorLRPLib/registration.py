@@ -23,6 +23,11 @@ import SimpleITK as sitk
 HISTOGRAM_BINS = 32
 
 
+def _itk_seed(seed: int) -> int:
+    """ITK reads a sampling seed of 0 as "seed from the wall clock": shift ours so that every seed is fixed."""
+    return int(seed) % 2_000_000_000 + 1
+
+
 def _as_float(image: sitk.Image) -> sitk.Image:
     if image.GetDimension() != 3:
         raise ValueError(f"registration needs 3D images, got a {image.GetDimension()}D image")
@@ -40,7 +45,7 @@ def _method(seed: int, sampling: float = 0.25, strategy=None) -> sitk.ImageRegis
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     reg.SetMetricSamplingStrategy(reg.RANDOM if strategy is None else strategy)
-    reg.SetMetricSamplingPercentage(float(sampling), int(seed))
+    reg.SetMetricSamplingPercentage(float(sampling), _itk_seed(seed))
     reg.SetInterpolator(sitk.sitkLinear)
     return reg
 
@@ -55,7 +60,7 @@ def _pyramid(reg: sitk.ImageRegistrationMethod, image: sitk.Image, wanted: tuple
     reg.SetShrinkFactorsPerLevel(shrinks)
     reg.SetSmoothingSigmasPerLevel([f / 2.0 if f > 1 else 0.0 for f in shrinks])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    reg.SetMetricSamplingPercentagePerLevel(percent, int(seed))
+    reg.SetMetricSamplingPercentagePerLevel(percent, _itk_seed(seed))
 
 
 def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, seed: int) -> float:
@@ -70,17 +75,21 @@ def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, se
 
 
 def rigid_register(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, samples: int = 15_000,
-                   iterations: int = 40) -> sitk.Euler3DTransform:
+                   iterations: int = 40, max_step_mm: float = 2.0) -> sitk.Euler3DTransform:
     """Rigid (Euler 3D) transform mapping ``fixed`` points to ``moving`` points."""
     fixed, moving = _as_float(fixed), _as_float(moving)
     transform = sitk.Euler3DTransform()
     transform.SetCenter(_centre(fixed))
     reg = _method(seed)
-    # conjugate gradient with a line search: plain/regular-step gradient descent stalls on MI between contrasts
+    # conjugate gradient with a line search: plain/regular-step gradient descent stalls on MI between contrasts.
+    # The learning rate is re-estimated every iteration so that a unit step moves no voxel more than
+    # ``max_step_mm``; the line search looks up to 2 such steps ahead.
     reg.SetOptimizerAsConjugateGradientLineSearch(learningRate=1.0, numberOfIterations=iterations,
                                                   convergenceMinimumValue=1e-5, convergenceWindowSize=5,
-                                                  lineSearchUpperLimit=4.0, lineSearchEpsilon=0.05,
-                                                  lineSearchMaximumIterations=8)
+                                                  lineSearchUpperLimit=2.0, lineSearchEpsilon=0.05,
+                                                  lineSearchMaximumIterations=8,
+                                                  estimateLearningRate=reg.EachIteration,
+                                                  maximumStepSizeInPhysicalUnits=max_step_mm)
     reg.SetOptimizerScalesFromPhysicalShift()
     _pyramid(reg, fixed, (4, 2, 1), samples, seed)
     reg.SetInitialTransform(transform, inPlace=True)
