@@ -58,6 +58,18 @@ def test_shapley_is_exact_for_an_additive_model():
         assert phi[i] == pytest.approx(own, rel=1e-4, abs=1e-4)
 
 
+def test_lrp_of_f_equals_shapley_for_an_additive_bias_free_model():
+    """Without biases and with LRP-epsilon (tiny), LRP of a linear f gives each sequence exactly its own
+    contribution w_i * x_i, which is its Shapley value with the zero baseline."""
+    model = linear_model(2)
+    with torch.no_grad():
+        model[0].bias.zero_()
+    case = random_case(model, 2)
+    phi = V.shapley_values(model, case, "zero")
+    np.testing.assert_allclose(V.lrp_of_target(model, case, "epsilon"), phi, rtol=1e-4, atol=1e-5)
+    assert V.spearman(V.lrp_of_target(model, case, "epsilon"), phi) == pytest.approx(1.0)
+
+
 def test_shapley_of_an_interaction_is_split_equally():
     """f = a * b (two sequences interacting): each gets half, the others zero."""
     class Product(nn.Module):
@@ -82,8 +94,13 @@ def test_known_truth_ranks_the_only_used_sequence_first():
     for c in cases:
         c.informative = ["T1_120s"]
     res = V.known_truth(model, cases, ["recommended", "epsilon"])
-    assert res["recommended"] == {"hits": 2, "cases": 2, "share": 1.0}
-    assert res["epsilon"]["share"] == 1.0
+    for preset in ("recommended", "epsilon"):
+        r = res[preset]
+        assert (r["hits"], r["tumor_class_hits"], r["cases"], r["share"], r["tumor_class_share"]) == (2, 2, 2, 1.0, 1.0)
+        assert [c["case"] for c in r["per_case"]] == ["random_0", "random_1"]
+        for c in r["per_case"]:
+            for key in ("shares", "tumor_class_shares"):
+                assert np.argmax(c[key]) == SEQUENCE_KEYS.index("T1_120s") and sum(c[key]) == pytest.approx(1.0)
     assert V.informative_ranked_first([0.1, 0.2, 0.05, 0.3, 0.25, 0.1], ["T1_60s", "T1_120s"])
     assert not V.informative_ranked_first([0.1, 0.2, 0.05, 0.3, 0.25, 0.1], ["T2"])
 
@@ -145,9 +162,9 @@ def test_validate_command_tiny(tmp_path, capsys):
     res = json.loads((out / "validation.json").read_text())
     assert len(res["cases"]) == 1 and set(res["per_preset"]) == {"recommended"}
     row = res["per_preset"]["recommended"]
-    for key in ("shapley_rho_median", "randomised_top3_map_rho_median", "class_raw_map_rho_median", "aopc_morf"):
+    for key in ("shapley_rho_median", "shapley_f_rho_median", "randomised_top3_map_rho_median", "class_raw_map_rho_median", "aopc_morf"):
         assert -1.0 <= row[key] <= 1.0 or key == "aopc_morf", key
-    assert len(res["shapley"][0]["shapley"]) == 6
+    assert len(res["shapley"][0]["shapley"]) == 6 and len(res["shapley"][0]["lrp_of_f"]["recommended"]) == 6
     for name in ("presets.csv", "report.html", "randomisation.png", "aopc.png", "shapley.png"):
         assert os.path.getsize(out / name) > 0
     assert "recommended" in capsys.readouterr().out
