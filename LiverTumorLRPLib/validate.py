@@ -358,20 +358,33 @@ def informative_ranked_first(shares, informative: Sequence[str]) -> bool:
     return top == set(informative)
 
 
-def known_truth(model, cases: Sequence[ValidationCase], presets: Sequence[str], device="cpu") -> dict:
+def known_truth(model, cases: Sequence[ValidationCase], presets: Sequence[str], device="cpu",
+                shapley_baselines: Sequence[str] = ("zero", "mean", "blur")) -> dict:
     """Per preset: the share of cases whose informative sequences are ranked first by Sec. 2.3's
-    ``M = M_B^0 + M_T^1`` (``share``) and by its tumor-class half ``M_T^1`` alone (``tumor_class_share``)."""
+    ``M = M_B^0 + M_T^1`` (``share``) and by its tumor-class half ``M_T^1`` alone (``tumor_class_share``).
+
+    The same for exact Shapley values of ``f`` with each absent-sequence baseline (``"shapley"``): the
+    reference for what "the model uses a sequence" means.  A model that finds the tumor by its contrast in
+    one sequence still needs the others to see the liver around it, so a baseline that also removes the
+    anatomy (zero, mean) credits them too; a blurred baseline removes only lesion detail."""
+    def summary(hits):
+        return {"hits": int(sum(hits)), "cases": len(hits), "share": float(np.mean(hits)) if hits else float("nan")}
+
     out = {}
     for preset in presets:
         shares = [_lrp_sequence(model, c, preset, device).shares for c in cases]
         tumor = [_lrp_tumor_class(model, c, preset, device) for c in cases]
         hits = [informative_ranked_first(s, c.informative) for s, c in zip(shares, cases)]
         hits_t = [informative_ranked_first(s, c.informative) for s, c in zip(tumor, cases)]
-        out[preset] = {"hits": int(sum(hits)), "tumor_class_hits": int(sum(hits_t)), "cases": len(hits),
-                       "share": float(np.mean(hits)) if hits else float("nan"),
-                       "tumor_class_share": float(np.mean(hits_t)) if hits else float("nan"),
+        out[preset] = {**summary(hits), "tumor_class_hits": int(sum(hits_t)),
+                       "tumor_class_share": summary(hits_t)["share"],
                        "per_case": [{"case": c.name, "shares": s.tolist(), "tumor_class_shares": t.tolist()}
                                     for c, s, t in zip(cases, shares, tumor)]}
+    out["shapley"] = {}
+    for b in shapley_baselines:
+        phis = [shapley_values(model, c, b, device) for c in cases]
+        out["shapley"][b] = {**summary([informative_ranked_first(phi, c.informative) for phi, c in zip(phis, cases)]),
+                             "per_case": [{"case": c.name, "shapley": phi.tolist()} for c, phi in zip(cases, phis)]}
     return out
 
 
@@ -447,6 +460,10 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
             n = sum(v[p]["cases"] for v in res["known_truth"].values())
             for key, col in (("hits", "known_truth_share"), ("tumor_class_hits", "known_truth_tumor_class_share")):
                 res["per_preset"][p][col] = float(sum(v[p][key] for v in res["known_truth"].values()) / max(n, 1))
+        res["known_truth_shapley"] = {
+            b: float(sum(v["shapley"][b]["hits"] for v in res["known_truth"].values())
+                     / max(sum(v["shapley"][b]["cases"] for v in res["known_truth"].values()), 1))
+            for b in next(iter(res["known_truth"].values()))["shapley"]}
         log("  known truth done")
     os.makedirs(out, exist_ok=True)
     write_json(res, os.path.join(out, "validation.json"))
@@ -483,36 +500,53 @@ def _write_tables_and_figures(out: str, res: dict) -> None:
             s = res["aopc_summary"][m]
             w.writerow([m, *[""] * (len(PRESET_COLUMNS) - 2), f"{s['morf']:.3f}",
                         f"{s['lerf']:.3f}" if "lerf" in s else ""])
+    for b, share in res.get("known_truth_shapley", {}).items():
+        w.writerow([f"shapley-{b}", f"{share:.3f}", *[""] * (len(PRESET_COLUMNS) - 1)])
     write_text(buf.getvalue(), os.path.join(out, "presets.csv"))
     plt = _plt()
     figs = []
-    if "randomisation" in res:
+
+    def figure(title, name, xlabel, ylabel, draw):
         fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+        draw(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        figs.append((title, save_figure(fig, os.path.join(out, name))))
+
+    def randomisation(ax):
         for p, runs in res["randomisation"].items():
             steps = [r["step"] for r in runs[0]]
             ax.plot(steps, np.nanmedian([[r["map"] for r in run] for run in runs], axis=0), marker="o", ms=3, label=p)
         ax.axhline(0.3, color="grey", ls=":", lw=1)
-        ax.set_xlabel("layers randomised (from the output)")
-        ax.set_ylabel("Spearman rho with original map")
         ax.legend(fontsize=7)
-        figs.append(("Cascading parameter randomisation", save_figure(fig, os.path.join(out, "randomisation.png"))))
-    if "aopc" in res:
-        fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+
+    def perturbation(ax):
         steps = res["aopc"][0]["steps"]
         for m in [*res["presets"], *BASELINE_METHODS, "random"]:
             ax.plot(steps, np.mean([r[m]["morf_curve"] for r in res["aopc"]], axis=0), label=m,
                     ls="--" if m in BASELINE_METHODS else ("-" if m != "random" else ":"))
-        ax.set_xlabel("cubes removed (most relevant first)")
-        ax.set_ylabel("drop of tumor evidence / |g(x0)|")
         ax.legend(fontsize=7)
-        figs.append(("Region perturbation (MoRF)", save_figure(fig, os.path.join(out, "aopc.png"))))
+
+    def shapley(ax):
+        n = len(res["presets"])
+        for k, (key, colour, label) in enumerate((("rho", "C0", "Sec. 2.3 shares"), ("rho_f", "C1", "LRP of f"))):
+            data = [[r[key][p] for r in res["shapley"]] for p in res["presets"]]
+            box = ax.boxplot(data, positions=np.arange(n) * 3 + k, widths=0.8, patch_artist=True)
+            for b in box["boxes"]:
+                b.set_facecolor(colour)
+            ax.plot([], [], color=colour, lw=6, label=label)
+        ax.set_xticks(np.arange(n) * 3 + 0.5, res["presets"], rotation=15)
+        ax.legend(fontsize=7)
+
+    if "randomisation" in res:
+        figure("Cascading parameter randomisation", "randomisation.png", "layers randomised (from the output)",
+               "Spearman rho with original map", randomisation)
+    if "aopc" in res:
+        figure("Region perturbation (MoRF)", "aopc.png", "cubes removed (most relevant first)",
+               "drop of tumor evidence / |g(x0)|", perturbation)
     if "shapley" in res:
-        fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-        data = [[r["rho"][p] for r in res["shapley"]] for p in res["presets"]]
-        ax.boxplot(data)
-        ax.set_xticks(range(1, len(data) + 1), res["presets"], rotation=15)
-        ax.set_ylabel("Spearman rho, LRP vs Shapley")
-        figs.append(("LRP sequence relevance vs exact Shapley values", save_figure(fig, os.path.join(out, "shapley.png"))))
+        figure("LRP sequence relevance vs exact Shapley values", "shapley.png", "preset",
+               "Spearman rho with Shapley values", shapley)
     e = html.escape
     head = "".join(f"<th>{e(c)}</th>" for c in ("preset", *PRESET_COLUMNS))
     body = "".join("<tr>" + f"<td>{e(p)}</td>" + "".join(f"<td>{row[c]:.3f}</td>" if c in row else "<td></td>"
@@ -530,6 +564,12 @@ def _write_tables_and_figures(out: str, res: dict) -> None:
              "least-relevant first.</p>",
              f"<table><tr>{head}</tr>{body}</table>"]
     parts += [f"<h2>{e(t)}</h2><img src='{png_data_uri(p)}'>" for t, p in figs]
+    if "known_truth_shapley" in res:
+        parts.append("<h2>Known truth: exact Shapley values as the reference</h2><p>Share of known-truth cases whose "
+                     "informative sequences the Shapley values of f rank first, per absent-sequence baseline.</p>"
+                     "<table><tr><th>baseline</th><th>share</th></tr>" + "".join(
+                         f"<tr><td>{e(b)}</td><td>{v:.3f}</td></tr>" for b, v in res["known_truth_shapley"].items())
+                     + "</table>")
     if "aopc_summary" in res:
         parts.append("<h2>AOPC</h2><table><tr><th>method</th><th>MoRF</th><th>LeRF</th></tr>" + "".join(
             f"<tr><td>{e(m)}</td><td>{s['morf']:.3f}</td><td>{s.get('lerf', float('nan')):.3f}</td></tr>"

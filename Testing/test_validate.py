@@ -101,6 +101,13 @@ def test_known_truth_ranks_the_only_used_sequence_first():
         for c in r["per_case"]:
             for key in ("shares", "tumor_class_shares"):
                 assert np.argmax(c[key]) == SEQUENCE_KEYS.index("T1_120s") and sum(c[key]) == pytest.approx(1.0)
+    # the Shapley reference: sequences the model never reads get exactly 0, whatever the baseline
+    k = SEQUENCE_KEYS.index("T1_120s")
+    assert set(res["shapley"]) == {"zero", "mean", "blur"}
+    for b, r in res["shapley"].items():
+        phis = np.array([c["shapley"] for c in r["per_case"]])
+        np.testing.assert_allclose(np.delete(phis, k, axis=1), 0.0, atol=1e-6)
+        assert r["hits"] == int((phis[:, k] > 0).sum()) and r["cases"] == 2
     assert V.informative_ranked_first([0.1, 0.2, 0.05, 0.3, 0.25, 0.1], ["T1_60s", "T1_120s"])
     assert not V.informative_ranked_first([0.1, 0.2, 0.05, 0.3, 0.25, 0.1], ["T2"])
 
