@@ -43,6 +43,11 @@ def sequence_index(key: str) -> int:
         raise ValueError(f"unknown sequence {key!r}; expected one of {', '.join(SEQUENCE_KEYS)}") from None
 
 
+def display_name(key: str) -> str:
+    """What a radiologist reads for a channel key (``"T1_20s"`` -> ``"T1 20 s"``); other names unchanged."""
+    return DISPLAY_NAMES[SEQUENCE_KEYS.index(key)] if key in SEQUENCE_KEYS else str(key)
+
+
 def class_index(name: "str | int") -> int:
     """``"tumor"``/1 -> 1, ``"background"``/0 -> 0."""
     if isinstance(name, int) and name in (0, 1):
