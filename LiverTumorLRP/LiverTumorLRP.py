@@ -478,6 +478,9 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
             if others:
                 with slicer.util.WaitCursor():
                     slicer.util.pip_install(others)
+        except Exception as exc:  # pip or light-the-torch failed: say so here, not only in the console
+            slicer.util.errorDisplay(f"Liver Tumor LRP: installing {', '.join(missing)} failed: {exc}")
+            return False
         finally:
             _DEPENDENCIES["installing"] = False
         still = self.missingPackages(names)

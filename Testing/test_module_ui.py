@@ -159,3 +159,11 @@ def test_extension_metadata_conventions():
     assert "placeholder" not in module.lower() and 'href="https://github.com/"' not in module
     if "PyTorchUtils" in module:
         assert re.search(r'set\(EXTENSION_DEPENDS "[^"]*PyTorch[^"]*"\)', text)
+
+
+def test_pyproject_packages_every_subpackage():
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    listed = set(re.findall(r'"(LiverTumorLRPLib[\w.]*)"', re.search(r"^packages = \[(.*)\]", text, re.M).group(1)))
+    on_disk = {os.path.relpath(os.path.dirname(p), ROOT).replace(os.sep, ".")
+               for p in glob.glob(os.path.join(ROOT, "LiverTumorLRPLib", "**", "__init__.py"), recursive=True)}
+    assert on_disk <= listed, f"add {sorted(on_disk - listed)} to [tool.setuptools] packages"

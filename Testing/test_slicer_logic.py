@@ -267,6 +267,12 @@ def test_bench_batch_script(tmp_path, case, model):
     files = sorted(os.listdir(out))
     assert "sequence_relevance.csv" in files and "tumor_probability.nii.gz" in files
     assert sum(f.startswith("relevance_") for f in files) == 6
+    import csv                                             # sequence relevance came through the worker process
+
+    with open(out / "sequence_relevance.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["sequence"] for r in rows] == list(SEQUENCE_KEYS)
+    assert np.isclose(sum(float(r["relevance"]) for r in rows), 1.0, atol=1e-5)
     assert hasattr(slicer, "mrmlScene") == had_scene  # the script restores what it set
 
 

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-import slicer
 import torch
 
 from LiverTumorLRPLib import slicer_logic as sl
@@ -90,31 +89,30 @@ def test_segment_in_worker_matches_in_process(phantom, model_path):
     assert np.array_equal(mask, sl.node_array(job.result.probability) > 0.5)
 
 
-def test_explain_and_sequence_relevance_in_worker_match_in_process(phantom, model_path):
+def test_explain_point_in_worker_matches_in_process(phantom, model_path):
+    """Eq. 2 for a markup point: the region goes to the worker as a mask file. (Sequence relevance through the
+    worker: test_slicer_logic.py::test_bench_batch_script.)"""
     scene, nodes = phantom
-    point = add_point(scene, nodes)
-    explain = sl.explain_region_job(nodes, model_path, sl.Region("point", point), "tumor", device="cpu",
-                                    python=sys.executable).start()
-    assert explain.wait(300) and explain.state == "done", explain.error
-    sequences = sl.analyze_sequences_job(nodes, model_path, device="cpu", seed=1, python=sys.executable).start()
-    assert sequences.wait(300) and sequences.state == "done", sequences.error
+    job = sl.explain_region_job(nodes, model_path, sl.Region("point", add_point(scene, nodes)), "tumor",
+                                device="cpu", python=sys.executable).start()
+    assert job.wait(300) and job.state == "done", job.error
+    got = job.result
+    assert got.details["n_voxels"] == 1 and got.name == "Relevance of point P-1 for tumor"
     with sl.headless_scene() as hs:
         ref_nodes = sl.add_phantom_case(SEED, shape=SHAPE, spacing=SPACING)
-        ref_point = add_point(hs.scene, ref_nodes)
-        refs = [sl.explain_region(ref_nodes, model_path, sl.Region("point", ref_point), "tumor", device="cpu"),
-                sl.analyze_sequences(ref_nodes, model_path, device="cpu", seed=1)]
-        for got, ref in zip((explain.result, sequences.result), refs):
-            assert got.name == ref.name
-            assert np.allclose(got.shares, ref.shares, atol=1e-5) and np.isclose(got.shares.sum(), 1.0)
-            assert np.allclose(got.positive, ref.positive, atol=1e-5)
-            assert got.details == ref.details
-            scale = max(float(np.abs(sl.node_array(n)).max()) for n in ref.volumes.values())
-            for key in SEQUENCE_KEYS:
-                assert_same_volume(got.volumes[key], ref.volumes[key], 1e-5 * scale)
-            table = got.table.GetTable()
-            assert [table.GetValue(r, 0).ToString() for r in range(6)] == list(DISPLAY_NAMES)
-            assert got.chart.GetNumberOfPlotSeriesNodes() == 6
-    assert explain.result.details["n_voxels"] == 1 and explain.result.name == "Relevance of point P-1 for tumor"
+        ref = sl.explain_region(ref_nodes, model_path, sl.Region("point", add_point(hs.scene, ref_nodes)), "tumor",
+                                device="cpu")
+        assert got.name == ref.name and got.details == ref.details
+        assert np.allclose(got.shares, ref.shares, atol=1e-5) and np.isclose(got.shares.sum(), 1.0)
+        assert np.allclose(got.positive, ref.positive, atol=1e-5)
+        scale = max(float(np.abs(sl.node_array(n)).max()) for n in ref.volumes.values())
+        for key in SEQUENCE_KEYS:
+            assert_same_volume(got.volumes[key], ref.volumes[key], 1e-5 * scale)
+        table = got.table.GetTable()
+        assert [table.GetValue(r, 0).ToString() for r in range(6)] == list(DISPLAY_NAMES)
+        assert got.chart.GetNumberOfPlotSeriesNodes() == 6
+        sh = scene.GetSubjectHierarchyNode()
+        assert sh.GetItemName(got.folder) == got.name
 
 
 def test_cancel_mid_run_kills_the_process_and_adds_nothing(phantom, model_path):
