@@ -171,14 +171,56 @@ def test_result_after_scene_close_is_discarded(phantom, model_path):
     assert not os.path.exists(job.job_dir)
 
 
-def test_worker_command_line_errors(tmp_path):
+def shadowing_copy(folder):
+    """An installed-looking LiverTumorLRPLib that fails on import."""
+    pkg = folder / "LiverTumorLRPLib"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('the shadowing copy was imported')\n")
+    return str(folder)
+
+
+def test_worker_command_line_errors_and_no_shadowing(tmp_path):
     import subprocess
 
     script = os.path.join(ROOT, "LiverTumorLRPLib", "worker.py")
-    (tmp_path / "job.json").write_text('{"task": "paint"}')
-    p = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.json").write_text('{"task": "paint"}')
+    env = dict(os.environ, PYTHONPATH=shadowing_copy(tmp_path))   # ahead of everything but the script's folder
+    p = subprocess.run([sys.executable, script, str(job)], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 2 and "'task' must be one of" in p.stderr and p.stderr.count("\n") == 1
-    assert '"error"' in p.stdout
+    assert '"error"' in p.stdout and "shadowing" not in p.stderr
+
+
+def test_module_imports_the_bundled_library_ahead_of_an_installed_one(tmp_path):
+    """The module's _libraryFolder/_importBundledLibrary (run from its source; the rest of it needs Qt)."""
+    module = os.path.join(ROOT, "LiverTumorLRP", "LiverTumorLRP.py")
+    tree = ast.parse(open(module).read())
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("_libraryFolder",
+                                                                                 "_importBundledLibrary")]
+    namespace = {"__file__": module, "os": os, "sys": sys}
+    exec(compile(ast.Module(funcs, []), module, "exec"), namespace)
+    saved_modules = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "LiverTumorLRPLib"}
+    saved_path = list(sys.path)
+    try:
+        for k in saved_modules:
+            del sys.modules[k]
+        fake = tmp_path / "site"
+        fake.mkdir()
+        (fake / "LiverTumorLRPLib").mkdir()
+        (fake / "LiverTumorLRPLib" / "__init__.py").write_text("INSTALLED = True\n")
+        sys.path.insert(0, str(fake))
+        import LiverTumorLRPLib as installed
+
+        assert getattr(installed, "INSTALLED", False)               # the installed copy shadows the bundled one
+        lib = namespace["_importBundledLibrary"]()
+        assert os.path.dirname(lib.__file__) == os.path.join(ROOT, "LiverTumorLRPLib")
+        assert not hasattr(lib, "INSTALLED") and sys.path[0] == ROOT
+    finally:
+        for k in [k for k in sys.modules if k.split(".")[0] == "LiverTumorLRPLib"]:
+            del sys.modules[k]
+        sys.modules.update(saved_modules)
+        sys.path[:] = saved_path
 
 
 def _sources():
