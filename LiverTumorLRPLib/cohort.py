@@ -16,6 +16,7 @@ folder).  A worker loads the model once and writes the case's outputs itself, at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import html
 import io
@@ -134,7 +135,11 @@ def _remove_temporaries(out: str) -> None:
         for entry in os.listdir(out):
             if entry.startswith(".") and ".tmp-" in entry:
                 path = os.path.join(out, entry)
-                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
 
 
 def run_case(case_dir: str, out: str, model, preset, device, seed, background, max_voxels, patch_size,
@@ -264,7 +269,8 @@ def _case_task(case_dir: str, out: str, args: tuple, threads_per_host: dict) -> 
     """One case on a Dask worker: ``{"summary": ...}`` or ``{"error": reason}`` for bad input (not retried).
 
     A case already finished (its worker died after ``result.json``) is returned as is.  Other exceptions
-    propagate, so Dask retries the case.  Torch gets the worker's cores divided by the task threads on its host.
+    propagate, so Dask retries the case.  Torch gets the worker's cores divided by the cases running at once
+    on its host (``threads_per_host``).
     """
     done = os.path.join(out, RESULT)
     if os.path.exists(done):
@@ -289,8 +295,6 @@ def run_on_dask(todo, out: str, args: tuple, finished, scheduler: Optional[str] 
     and return the summary.  A task needs the resource ``GPU=1`` when the device is ``cuda``.  Ctrl-C
     cancels every task (outputs written so far are complete files; the case's ``result.json`` is not).
     """
-    import contextlib
-
     distributed = _distributed()
     device = args[2]
     with contextlib.ExitStack() as stack:
@@ -308,10 +312,11 @@ def run_on_dask(todo, out: str, args: tuple, finished, scheduler: Optional[str] 
         if resources and info and not any(w.get("resources", {}).get("GPU") for w in info.values()):
             raise ValueError(f"--device cuda: no worker of {scheduler or 'the cluster'} offers the resource GPU; "
                              "start them with `dask worker ADDRESS --nthreads 1 --resources GPU=1`")
-        per_host: dict = {}
-        for address, n in client.nthreads().items():
+        per_host: dict = {}  # cases that can run at once on each host
+        for address, w in info.items():
+            slots = min(w["nthreads"], int(w.get("resources", {}).get("GPU", 0))) if resources else w["nthreads"]
             host = distributed.comm.get_address_host(address)
-            per_host[host] = per_host.get(host, 0) + n
+            per_host[host] = per_host.get(host, 0) + max(slots, 1)
         futures = {client.submit(_case_task, case_dir, os.path.join(out, name), args, per_host,
                                  key=f"liver-lrp-case-{name}-{os.urandom(4).hex()}", retries=RETRIES,
                                  resources=resources, pure=False): name
