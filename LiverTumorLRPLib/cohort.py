@@ -191,15 +191,14 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
     ``workers > 1`` runs the cases on a Dask LocalCluster, ``scheduler`` on an existing Dask cluster
     (see :func:`run_on_dask`); otherwise one after another in this process.
     """
-    from .models import load_model
-
+    root, out = os.path.abspath(root), os.path.abspath(out)  # the same paths on every worker
     cases = find_cases(root, exclude=[out])
     if not cases:
         raise ValueError(f"{root}: no case folders found (a case folder holds the sequence files "
                          "T2, T1_plain, T1_20s, T1_60s, T1_120s, T1_15min, or DICOM folders so named, or a case.json)")
     if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
-        model = os.path.abspath(model)  # the same path on every worker
-    load_model(model, device="cpu")  # fail early on a bad model, before any case
+        model = os.path.abspath(model)
+    cached_model(model)  # fail early on a bad model, before any case
     os.makedirs(out, exist_ok=True)
     results, failures, todo = {}, {}, []
     for name, case_dir in zip(case_names(root, cases), cases):

@@ -24,7 +24,7 @@ try:
 except ImportError:  # the Dask tests skip (the cluster fixture); the in-process one runs
     WorkerPlugin = object
 
-FAST = ["--device", "cpu", "--max-components", "1"]
+FAST = ["--device", "cpu", "--max-components", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +210,31 @@ def test_case_killing_its_worker_is_retried_twice_then_reported(cohort, cluster,
     assert code == 1
     assert "FAILED doomed: the worker died while running this case, 3 times" in capsys.readouterr().out
     assert rows(str(tmp_path / "out"))["doomed"]["status"] == "failed"
+
+
+def test_ctrl_c_cancels_every_task(cohort, cluster, tmp_path):
+    from LiverTumorLRPLib.cohort import run_cohort
+
+    root, model = cohort
+    for name in ("case_0", "case_2"):  # the broken case fails at once: "Ctrl-C" then, while case_0 runs
+        shutil.copytree(str(root / "cases" / name), str(tmp_path / "cases" / name))
+
+    def progress(done, total, name, error):
+        if name is not None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cohort(str(tmp_path / "cases"), str(tmp_path / "out"), model, device="cpu", max_components=0,
+                   progress=progress, scheduler=cluster.scheduler_address)
+    deadline = time.time() + 30
+    while cluster.scheduler.tasks and time.time() < deadline:
+        time.sleep(0.1)
+    assert not cluster.scheduler.tasks  # cancelled: the scheduler holds no task
+    assert not os.path.exists(str(tmp_path / "out" / "cohort.csv"))
+
+
+def test_scheduler_and_workers_exclude_each_other(cohort, capsys):
+    root, model = cohort
+    assert main(["cohort", str(root / "cases"), "--out", str(root / "x"), "--model", model,
+                 "--scheduler", "tcp://127.0.0.1:8786", "--workers", "2"]) == 1
+    assert "use either --scheduler" in capsys.readouterr().err
