@@ -343,20 +343,30 @@ def _reason(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
+def _channels(results: dict) -> tuple[list, list]:
+    """The model's channel keys and display names, as the case summaries record them."""
+    for r in results.values():
+        rows = r.get("sequences")
+        if rows:
+            return [row["sequence"] for row in rows], [row["display_name"] for row in rows]
+    return list(SEQUENCE_KEYS), list(DISPLAY_NAMES)
+
+
 def write_cohort_outputs(out: str, results: dict, failures: dict) -> None:
     """``cohort.csv``, Fig. 1 (``cohort_relevance.png``) and ``report.html``."""
     from .figures import cohort_figure, png_data_uri
 
     names = sorted(results)
+    keys, _ = _channels(results)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["case", "status", "dice", "tumor_voxels", *SEQUENCE_KEYS, "reason"])
+    w.writerow(["case", "status", "dice", "tumor_voxels", *keys, "reason"])
     for name in names:
         r = results[name]
         w.writerow([name, "ok", f"{r['dice']:.4f}" if "dice" in r else "", r.get("tumor_voxels", ""),
                     *[f"{v:.6f}" for v in r["relevance"]], ""])
     for name in sorted(failures):
-        w.writerow([name, "failed", "", "", *[""] * len(SEQUENCE_KEYS), failures[name]])
+        w.writerow([name, "failed", "", "", *[""] * len(keys), failures[name]])
     write_text(buf.getvalue(), os.path.join(out, "cohort.csv"))
     fig = None
     if names:
@@ -374,7 +384,7 @@ def _report_html(out, names, results, failures, fig, uri) -> str:
         cells = "".join(f"<td>{v:+.3f}</td>" for v in r["relevance"])
         dice = f"{r['dice']:.3f}" if "dice" in r else "&ndash;"
         rows.append(f"<tr><td>{e(n)}</td><td>{dice}</td><td>{r.get('tumor_voxels', '')}</td>{cells}</tr>")
-    head = "".join(f"<th>{e(d)}</th>" for d in DISPLAY_NAMES)
+    head = "".join(f"<th>{e(d)}</th>" for d in _channels(results)[1])
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>LiverTumorLRP cohort report</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
