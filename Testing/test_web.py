@@ -138,24 +138,30 @@ def wait_idle(page, timeout=JOB_TIMEOUT_MS):
     page.wait_for_function("!document.querySelector('#status').textContent.includes('running')", timeout=timeout)
 
 
-def finished(page) -> int:
-    return int(page.get_attribute("#status", "data-finished"))
+def counter(page, name) -> int:
+    return int(page.get_attribute("#status", f"data-{name}"))
+
+
+def click(page, button):
+    """Click a button and wait until the server has handled it (its counter of handled buttons moves on)."""
+    before = counter(page, "actions")
+    page.click(f"#{button}")
+    page.wait_for_function(f"Number(document.querySelector('#status').dataset.actions) > {before}")
 
 
 def run_job(page, button):
     """Click a job button; wait until that job has finished (the page's job counter moves on)."""
-    before, old_error = finished(page), error_text(page)
-    page.click(f"#{button}")
-    page.wait_for_function(f"Number(document.querySelector('#status').dataset.finished) > {before} || "
-                           "(document.querySelector('#error').offsetParent !== null && "
-                           f"document.querySelector('#error').textContent.trim() !== {json.dumps(old_error)})",
-                           timeout=JOB_TIMEOUT_MS)
+    before = counter(page, "finished")
+    click(page, button)
     assert error_text(page) == ""
+    page.wait_for_function(f"Number(document.querySelector('#status').dataset.finished) > {before}",
+                           timeout=JOB_TIMEOUT_MS)
     wait_idle(page)
+    assert error_text(page) == ""
 
 
 def load_phantom(page):
-    page.click("#load-phantom")
+    click(page, "load-phantom")
     page.wait_for_function("document.querySelector('#case-name').textContent.includes('phantom') && "
                            "document.querySelector('#info').textContent.includes('loaded')")
     assert error_text(page) == ""
@@ -212,7 +218,7 @@ def test_segment_and_sequence_relevance_match_the_library(page, files):
 def test_explain_a_clicked_point(page, files):
     load_phantom(page)
     set_model(page, files["tiny"])
-    page.click("#place-point")
+    click(page, "place-point")
     box = page.query_selector_all("img.image-display-area")[0].bounding_box()   # the axial view
     page.mouse.click(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5)
     page.wait_for_function("document.querySelector('#point').textContent.includes('voxel')")
@@ -232,7 +238,7 @@ def test_explain_a_clicked_point(page, files):
 
 def test_cancel_leaves_no_result_and_the_page_works(page, files):
     page.fill("#case-dir", files["good"])
-    page.click("#load-case")
+    click(page, "load-case")
     page.wait_for_function("document.querySelector('#case-name').textContent === 'case_good'")
     assert error_text(page) == ""
     set_model(page, "bundled")
@@ -256,7 +262,7 @@ def test_bad_input_shows_one_line_and_the_page_keeps_working(page, files):
     load_phantom(page)
     # a case folder lacking a sequence: named in the banner, nothing of it loaded
     page.fill("#case-dir", files["broken"])
-    page.click("#load-case")
+    click(page, "load-case")
     page.wait_for_selector("#error", state="visible")
     msg = error_text(page)
     assert "missing sequence(s) T2" in msg and files["broken"] in msg and "Traceback" not in msg
@@ -264,12 +270,12 @@ def test_bad_input_shows_one_line_and_the_page_keeps_working(page, files):
     shot(page, files, "broken_case.png")
     # a folder that does not exist
     page.fill("#case-dir", os.path.join(files["root"], "no_such_case"))
-    page.click("#load-case")
+    click(page, "load-case")
     page.wait_for_function("document.querySelector('#error').textContent.includes('does not exist')")
     # a model file that does not load: the job fails with a message naming it, nothing is written
     before = sorted(os.listdir(files["out"])) if os.path.isdir(files["out"]) else []
     set_model(page, files["broken_model"])
-    page.click("#segment")
+    click(page, "segment")
     page.wait_for_function("document.querySelector('#error').textContent.includes('could not be loaded')")
     msg = error_text(page)
     assert f"model file {files['broken_model']} could not be loaded" in msg and "Traceback" not in msg, msg

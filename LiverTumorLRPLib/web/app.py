@@ -50,6 +50,8 @@ def guarded(fn):
         except Exception as exc:  # unexpected: the traceback goes to the server log, one line to the page
             traceback.print_exc()
             self.state.error = f"unexpected error: {one_line(exc)}"
+        finally:
+            self.state.actions = int(self.state.actions or 0) + 1   # handled (for automation)
         self.jobs.log(f"error: {self.state.error}")
 
     return wrapper
@@ -94,7 +96,7 @@ class WebApp:
             "model": model, "device": device, "devices": ["auto", "cpu", "cuda"],
             "region": REGIONS[0], "regions": list(REGIONS), "cls": "tumor", "classes": list(CLASS_NAMES),
             "preset": DEFAULT_PRESET, "presets": list(PRESETS), "point": "", "drawing": False,
-            "busy": False, "job_name": "", "jobs_finished": 0, "progress": 0, "log": "", "error": "", "info": "",
+            "busy": False, "job_name": "", "jobs_finished": 0, "actions": 0, "progress": 0, "log": "", "error": "", "info": "",
             "shares": [], "share_max": 1.0, "result_name": "", "show_seq": REFERENCE_KEY,
             "sequence_items": [{"title": d, "value": k} for k, d in zip(SEQUENCE_KEYS, DISPLAY_NAMES)],
             "legend": {"min": -1.0, "max": 1.0, "gradient": self._gradient()}, "downloads": [],

@@ -3,7 +3,8 @@
 Stable element ids for automation: ``load-phantom``, ``load-case``, ``case-dir``, ``seq-<KEY>``, ``model``,
 ``device``, ``segment``, ``explain``, ``region``, ``class``, ``preset``, ``place-point``, ``draw-segment``,
 ``sequence-relevance``, ``cancel``, ``progress`` (``data-value``: percent), ``log``, ``error`` (the banner),
-``info``, ``show-sequence``, ``legend``, ``shares`` (one row per sequence, ``data-share`` on its row),
+``status`` (``data-actions``: buttons handled, ``data-finished``: jobs
+finished), ``info``, ``show-sequence``, ``legend``, ``shares`` (one row per sequence, ``data-share`` on its row),
 ``downloads``.
 """
 from __future__ import annotations
@@ -72,7 +73,8 @@ def build_page(app) -> VAppLayout:
                                    __properties=[("data_value", "data-value")], data_value=("progress",),
                                    classes="my-1")
                 html.Div("{{ busy ? job_name + ' running' : '' }}", id="status", classes="text-caption",
-                         __properties=[("data_finished", "data-finished")], data_finished=("jobs_finished",))
+                         __properties=[("data_finished", "data-finished"), ("data_actions", "data-actions")],
+                         data_finished=("jobs_finished",), data_actions=("actions",))
                 html.Pre("{{ log }}", id="log")
         with v3.VMain():
             with html.Div(classes="pa-2"):
