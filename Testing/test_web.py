@@ -28,7 +28,7 @@ from LiverTumorLRPLib.sequences import SEQUENCE_KEYS
 from LiverTumorLRPLib.unet import UNet3D, UNetConfig, save_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHANTOM_SHAPE = (16, 48, 48)
+PHANTOM_SHAPE = (16, 32, 32)
 SPACING = (4.0, 3.0, 3.0)          # add_phantom_case's default spacing
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -66,7 +66,7 @@ def files():
     with open(broken_model, "wb") as fh:
         fh.write(b"this is not a safetensors file")
     shutil.copy(str(tiny).replace(".safetensors", ".json"), broken_model.replace(".safetensors", ".json"))
-    case = generate_case(1, shape=(24, 64, 64))
+    case = generate_case(1, shape=(16, 48, 48))
     good = write_case(case, os.path.join(root, "case_good"))
     broken = write_case(case, os.path.join(root, "case_no_t2"))
     os.remove(os.path.join(broken, "T2.nii.gz"))
