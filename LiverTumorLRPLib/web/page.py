@@ -10,7 +10,7 @@ finished), ``info``, ``show-sequence``, ``legend``, ``shares`` (one row per sequ
 from __future__ import annotations
 
 from trame.ui.vuetify3 import VAppLayout
-from trame.widgets import html
+from trame.widgets import client, html
 from trame.widgets import vuetify3 as v3
 
 from ..sequences import DISPLAY_NAMES, SEQUENCE_KEYS
@@ -34,7 +34,7 @@ def build_page(app) -> VAppLayout:
     """The page of a :class:`~LiverTumorLRPLib.web.app.WebApp` (its handlers are ``app``'s methods)."""
     state = app.state
     with VAppLayout(app.server, full_height=True, theme="dark") as layout:
-        html.Style(CSS)
+        client.Style(CSS)
         with v3.VNavigationDrawer(permanent=True, width=380):
             with html.Div(classes="pa-2"):
                 html.Div("LiverTumorLRP", classes="text-h6")
