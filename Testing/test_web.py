@@ -236,6 +236,26 @@ def test_explain_a_clicked_point(page, files):
     shot(page, files, "explain_point.png")
 
 
+def test_explain_a_segment_painted_in_the_page(page, files):
+    load_phantom(page)
+    set_model(page, files["tiny"])
+    click(page, "draw-segment")                                # Slicer's segment editor, Paint effect
+    box = page.query_selector_all("img.image-display-area")[0].bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for step in range(10):
+        page.mouse.move(x0 + 4 * step, y0 + 2 * step)
+        page.wait_for_timeout(50)
+    page.mouse.up()
+    click(page, "draw-segment")                                # stop drawing
+    run_job(page, "explain")
+    assert page.inner_text("#info").startswith("Relevance of segment Region for tumor")
+    keys, got = shares(page)
+    assert keys == list(SEQUENCE_KEYS) and abs(got.sum() - 1.0) < 1e-6
+    assert page.is_disabled("#cancel") and not page.is_disabled("#explain")
+
+
 def test_cancel_leaves_no_result_and_the_page_works(page, files):
     page.fill("#case-dir", files["good"])
     click(page, "load-case")
