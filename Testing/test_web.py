@@ -28,7 +28,7 @@ from LiverTumorLRPLib.sequences import SEQUENCE_KEYS
 from LiverTumorLRPLib.unet import UNet3D, UNetConfig, save_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHANTOM_SHAPE = (16, 32, 32)
+PHANTOM_SHAPE = (8, 32, 32)
 SPACING = (4.0, 3.0, 3.0)          # add_phantom_case's default spacing
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
