@@ -202,6 +202,11 @@ def test_segment_and_sequence_relevance_match_the_library(page, files):
     shown = page.eval_on_selector_all("#shares .share-value", "els => els.map(e => Number(e.textContent))")
     np.testing.assert_allclose(shown, expected, atol=5e-5)
     assert page.is_visible("#legend")
+    # the sequence selector: T2 as background with its own relevance overlay
+    page.click(".v-field__input:has(#show-sequence)")
+    page.click(".v-overlay .v-list-item:has-text('T2')")
+    page.wait_for_function("document.querySelector('#shown').textContent.includes('Phantom T2')")
+    assert page.inner_text("#shown") == "background: Phantom T2; overlay: Sequence relevance: T2"
     # the download: six relevance volumes and the shares, the same numbers
     link = page.get_attribute("#downloads a[href*='relevance']", "href")
     data = page.request.get(urllib.parse.urljoin(page.url, link)).body()

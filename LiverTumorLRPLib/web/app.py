@@ -97,7 +97,7 @@ class WebApp:
             "region": REGIONS[0], "regions": list(REGIONS), "cls": "tumor", "classes": list(CLASS_NAMES),
             "preset": DEFAULT_PRESET, "presets": list(PRESETS), "point": "", "drawing": False,
             "busy": False, "job_name": "", "jobs_finished": 0, "actions": 0, "progress": 0, "log": "", "error": "", "info": "",
-            "shares": [], "share_max": 1.0, "result_name": "", "show_seq": REFERENCE_KEY,
+            "shares": [], "share_max": 1.0, "shown": "", "result_name": "", "show_seq": REFERENCE_KEY,
             "sequence_items": [{"title": d, "value": k} for k, d in zip(SEQUENCE_KEYS, DISPLAY_NAMES)],
             "legend": {"min": -1.0, "max": 1.0, "gradient": self._gradient()}, "downloads": [],
         })
@@ -283,6 +283,8 @@ class WebApp:
             return
         background = self._node(key)
         foreground = self.result.volumes.get(key) if self.result is not None else None
+        self.state.shown = (f"background: {background.GetName() if background is not None else 'none'}"
+                            + (f"; overlay: {foreground.GetName()}" if foreground is not None else ""))
         for view in self.slicer_app.view_manager.get_slice_views():
             view.set_background_volume_id(background.GetID() if background is not None else None)
             view.set_foreground_volume_id(foreground.GetID() if foreground is not None else None)

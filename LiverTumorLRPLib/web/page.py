@@ -87,6 +87,7 @@ def build_page(app) -> VAppLayout:
                     with html.Div(classes="mr-4", style="width: 240px"):
                         v3.VSelect(v_model=("show_seq",), items=("sequence_items",), id="show-sequence",
                                    label="sequence shown", density="compact", hide_details=True)
+                        html.Div("{{ shown }}", id="shown", classes="text-caption")
                         with html.Div(id="legend", classes="mt-2"):
                             html.Div("relevance (overlay colours)", classes="text-caption")
                             html.Div(style=("`height: 14px; width: 220px; background: ${legend.gradient}`",))
