@@ -12,7 +12,8 @@ import os
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; see the README before exposing it)")
+                   help="address to listen on (default 127.0.0.1: this machine only; read the README before "
+                        "exposing it)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("--case", default=None, metavar="DIR", help="case folder (or case.json) to load at start")
     p.add_argument("--model", default="bundled", help="model weights (.safetensors) or 'bundled' (default)")
