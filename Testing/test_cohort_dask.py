@@ -124,7 +124,8 @@ class SlowFirstAttempt(WorkerPlugin):
 
         def segment_case(c, out, *args, **kwargs):
             seg = original(c, out, *args, **kwargs)
-            if c.name == case and not os.path.exists(marker):
+            name = getattr(c, "case", c).name  # a Case, or the Prepared case the pipeline passes on
+            if name == case and not os.path.exists(marker):
                 write_text(str(os.getpid()), marker)
                 time.sleep(300)
             return seg
