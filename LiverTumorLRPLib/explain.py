@@ -374,6 +374,157 @@ def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int
     return _run(model, image, preset, device, patch_size, overlap, bounds, progress, cancel, work)
 
 
+# ---- Eq. 2 with per-voxel weights; uncertainty of Sec. 2.3 over the random regions ---------------------------
+def _backward_many(eng: _Engine, weight_sets) -> list:
+    """Input relevance (padded grid) of each output weighting in ``weight_sets``: one forward per patch, shared
+    by one backward pass per weight set (the graph is kept between them)."""
+    maps = [torch.zeros_like(eng.x) for _ in weight_sets]
+    n = len(eng.plan.windows)
+    for i, win in enumerate(eng.plan.windows):
+        used = [k for k, w in enumerate(weight_sets) if bool(w[(slice(None),) + win].any())]
+        if not used:
+            continue
+        eng.progress(i / n, f"relevance of {len(used)} weightings, patch {i + 1}/{n}")
+        (y, s), eng._graph = eng._graph or eng.lrp.forward(eng._patch(win), eng.bounds), None
+        blend = torch.from_numpy(eng.plan.normalised_weight(win)).to(eng.dtype)
+        for j, k in enumerate(used):
+            g = (weight_sets[k][(slice(None),) + win] * blend)[None].to(y)
+            (m,) = torch.autograd.grad(y, s, g, retain_graph=j < len(used) - 1)
+            maps[k][(slice(None),) + win] += m[0].cpu()
+    return maps
+
+
+def _weighted_relevance(eng: _Engine, spatial, weight_sets, threshold: float, sums=None):
+    """Eq. 2 with per-voxel weights: ``sum_{c,a} w_{c,a} M_a^c / S_a^c`` for each (K, D, H, W) weight set, from one
+    forward-mode pass for S (shared by all sets) and one backward pass per set.  Voxels with a non-zero weight in
+    any set are excluded per class when ``|S_a^c|`` is near zero (:func:`_exclude` over all of them, so every set
+    uses the same rule).  Returns (maps (C, D, H, W) numpy per set, y, S, excluded voxels (K, D, H, W) bool)."""
+    y, S = sums if sums is not None else eng.sums()
+    y, S = crop(y, spatial), crop(S, spatial)
+    factors = torch.zeros_like(S)
+    excluded = torch.zeros(S.shape, dtype=torch.bool)
+    for c in range(S.shape[0]):
+        support = torch.zeros(spatial, dtype=torch.bool)
+        for w in weight_sets:
+            support |= torch.as_tensor(w[c]) != 0
+        keep = _exclude(S[c][support], threshold)
+        excluded[c][support] = ~keep
+        S_A = S[c][support]
+        factors[c][support] = torch.where(keep, 1.0 / torch.where(keep, S_A, torch.ones_like(S_A)),
+                                          torch.zeros_like(S_A))
+    padded = []
+    for w in weight_sets:
+        full = torch.zeros((S.shape[0],) + eng.plan.padded, dtype=eng.dtype)
+        full[(slice(None),) + tuple(slice(0, k) for k in spatial)] = torch.as_tensor(w).to(eng.dtype) * factors
+        padded.append(full)
+    maps = [crop(m, spatial).numpy() for m in _backward_many(eng, padded)]
+    return maps, y, S, excluded.numpy()
+
+
+def weighted_relevance(model, x, weights, preset=DEFAULT_PRESET, device="auto", threshold: float = DEFAULT_THRESHOLD,
+                       bounds=None, patch_size=None, overlap: float = 0.5, progress=None, cancel=None) -> list:
+    """Eq. 2 with per-voxel weights ``w_{c,a}``: ``sum_{c,a} w_{c,a} M_a^c / S_a^c`` (C, D, H, W) for each weight
+    set ``(K, D, H, W)`` in ``weights`` (``1_A`` on class i is Eq. 2's ``M_A^i``).  Because M is linear in the
+    seed, all sets cost one forward-mode pass and one backward pass each; near-zero ``S_a`` are left out as in
+    :func:`region_relevance`."""
+    image, _ = _as_image(x)
+    sets = [np.asarray(w, dtype=np.float64) for w in weights]
+    for w in sets:
+        if w.ndim != 4 or w.shape[1:] != image.shape[1:]:
+            raise ValueError(f"weight set shape {w.shape} does not match (classes,) + {image.shape[1:]}")
+    return _run(model, image, preset, device, patch_size, overlap, bounds, progress, cancel,
+                lambda eng: _weighted_relevance(eng, image.shape[1:], sets, threshold)[0])
+
+
+def _shares(M: np.ndarray):
+    flat = M.reshape(M.shape[0], -1).astype(np.float64)
+    total = float(flat.sum())
+    if not np.isfinite(total) or abs(total) < 1e-12:
+        raise ValueError("the relevance map sums to zero; sequence shares are undefined")
+    return flat.sum(axis=1) / total, np.clip(flat, 0, None).sum(axis=1) / total, np.clip(flat, None, 0).sum(axis=1) / total
+
+
+@dataclass
+class SequenceRelevanceInterval(SequenceRelevance):
+    """Sec. 2.3 with its sampling uncertainty: the fields of :class:`SequenceRelevance` are those of the first
+    draw of (T, B) (the one :func:`sequence_relevance` uses with the same seed); in addition the shares of
+    ``resamples`` seeded draws, their mean, standard deviation and 2.5/97.5 percentiles, and the shares of the
+    exact expectation ``E[M]`` over uniformly random regions (None for ``background='shell'``)."""
+
+    resampled: np.ndarray = field(default=None, repr=False)   # (K, C) shares of each draw
+    expected: Optional[np.ndarray] = None                      # (C,) shares of E_{T,B}[M]
+    expected_maps: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.resampled.mean(axis=0)
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.resampled.std(axis=0, ddof=1) if len(self.resampled) > 1 else np.zeros(self.resampled.shape[1])
+
+    @property
+    def low(self) -> np.ndarray:
+        return np.percentile(self.resampled, 2.5, axis=0)
+
+    @property
+    def high(self) -> np.ndarray:
+        return np.percentile(self.resampled, 97.5, axis=0)
+
+    def as_dict(self) -> dict:
+        out = super().as_dict()
+        out.update({"resamples": len(self.resampled), "relevance_mean": self.mean.tolist(),
+                    "relevance_std": self.std.tolist(), "relevance_p2.5": self.low.tolist(),
+                    "relevance_p97.5": self.high.tolist(),
+                    "relevance_expected": None if self.expected is None else self.expected.tolist()})
+        return out
+
+
+def sequence_relevance_interval(model, x, resamples: int = 10, preset=DEFAULT_PRESET, device="auto", seed: int = 0,
+                                background: str = "random", max_voxels: Optional[int] = None,
+                                threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None,
+                                overlap: float = 0.5, progress=None, cancel=None) -> SequenceRelevanceInterval:
+    """Sec. 2.3 over ``resamples`` seeded draws of the random regions (draw k: :func:`choose_regions` with seed
+    ``seed + k``; B always random, T when it is a subset of the predicted tumor) and its exact expectation.
+
+    M is linear in the seed, so ``E_B[M_B^0] = (n / N) sum_{b in all N predicted-background voxels} M_b / S_b``
+    (and likewise for a subsampled T): the expectation is one more weight set, with weight n/N on every
+    candidate.  All draws and the expectation share one forward-mode pass for S: K + 1 backward passes in all.
+    The same exclusion rule (near-zero ``|S_a|``, median over all candidates) applies to every draw, so the mean
+    of the maps over all possible draws is exactly the expected map.  ``expected`` is the share vector of that
+    map (the normalisation is a ratio, so it is close to, not equal to, the mean of the draws' shares)."""
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    image, _ = _as_image(x)
+    spatial = image.shape[1:]
+
+    def work(eng):
+        eng.lrp._ensure(eng._patch(eng.plan.windows[0]))
+        eng.lrp.check_sequence_relevance()
+        prog = eng.progress
+        eng.progress = prog.part(0.0, 0.3)
+        y, S = eng.sums()
+        pred = (crop(y, spatial)[1] > crop(y, spatial)[0]).numpy()
+        draws = [choose_regions(pred, seed + k, background, max_voxels) for k in range(resamples)]
+        n = int(draws[0][0].sum())
+        sets = [np.stack([b, t]).astype(np.float64) for t, b in draws]
+        if background == "random":
+            sets.append(np.stack([(~pred) * (n / (~pred).sum()), pred * (n / pred.sum())]))
+        eng.progress = prog.part(0.3, 1.0)
+        maps, _, _, excluded = _weighted_relevance(eng, spatial, sets, threshold, (y, S))
+        prog(1.0, "sequence relevance intervals done")
+        shares = np.array([_shares(m)[0] for m in maps[:resamples]])
+        first, pos, neg = _shares(maps[0])
+        t0, b0 = draws[0]
+        n_excluded = int((excluded[0] & b0).sum() + (excluded[1] & t0).sum())
+        expected = _shares(maps[-1])[0] if background == "random" else None
+        return SequenceRelevanceInterval(first, pos, neg, maps[0].astype(np.float32), n, n, n_excluded,
+                                         int(pred.sum()), t0, b0, shares, expected,
+                                         maps[-1].astype(np.float32) if expected is not None else None)
+
+    return _run(model, image, preset, device, patch_size, overlap, bounds, progress, cancel, work)
+
+
 __all__ = ["relevance", "region_relevance", "region_relevance_loop", "sequence_relevance", "choose_background",
-           "choose_regions",
-           "RegionRelevance", "SequenceRelevance", "LRP"]
+           "choose_regions", "weighted_relevance", "sequence_relevance_interval",
+           "RegionRelevance", "SequenceRelevance", "SequenceRelevanceInterval", "LRP"]
