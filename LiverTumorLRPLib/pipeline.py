@@ -59,7 +59,8 @@ def segment_case(case, out: str, model="bundled", device="auto", progress=None, 
 
 
 def _write_relevance_outputs(case: Case, out: str, maps: np.ndarray, shares, positive, negative, meta: dict,
-                             tumor: Optional[np.ndarray], region: Optional[np.ndarray], n_slices: int = 3) -> dict:
+                             tumor: Optional[np.ndarray], region: Optional[np.ndarray], n_slices: int = 3,
+                             interval=None) -> dict:
     from .figures import bar_chart, most_relevant_slices, overlay_slice
 
     files = {}
@@ -68,6 +69,9 @@ def _write_relevance_outputs(case: Case, out: str, maps: np.ndarray, shares, pos
                                                 dtype=np.float32)
     rows = [{"sequence": k, "display_name": d, "relevance": float(s), "positive": float(p), "negative": float(n)}
             for k, d, s, p, n in zip(SEQUENCE_KEYS, DISPLAY_NAMES, shares, positive, negative)]
+    if interval is not None:  # spread over resampled regions B (SequenceRelevanceInterval)
+        for c, row in enumerate(rows):
+            row.update({k: float(v[c]) for k, v in _interval_fields(interval).items() if v is not None})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -75,7 +79,8 @@ def _write_relevance_outputs(case: Case, out: str, maps: np.ndarray, shares, pos
     files["csv"] = write_text(buf.getvalue(), os.path.join(out, "sequence_relevance.csv"))
     files["bar_chart"] = bar_chart(shares, os.path.join(out, "sequence_relevance.png"),
                                    title=f"{case.name}: {meta.get('title', 'sequence relevance')}",
-                                   positive=positive, negative=negative)
+                                   positive=positive, negative=negative,
+                                   interval=None if interval is None else (interval.low, interval.high))
     display = case.raw if case.raw is not None else case.image
     files["overlays"] = [overlay_slice(display, maps, z, os.path.join(out, f"overlay_slice{z:03d}.png"), tumor, region,
                                        title=f"{case.name}, axial slice {z}: {meta.get('title', '')}")
@@ -85,21 +90,30 @@ def _write_relevance_outputs(case: Case, out: str, maps: np.ndarray, shares, pos
     return summary
 
 
+def _interval_fields(res) -> dict:
+    return {"relevance_mean": res.mean, "relevance_std": res.std, "relevance_p2.5": res.low,
+            "relevance_p97.5": res.high, "relevance_expected": res.expected}
+
+
 def analyze_case(case, out: str, model="bundled", preset="recommended", device="auto", seed: int = 0,
                  background: str = "random", max_voxels: Optional[int] = None, patch_size=None, progress=None,
-                 cancel=None, finalize: bool = True) -> dict:
+                 cancel=None, finalize: bool = True, resamples: int = 10) -> dict:
     """Sec. 2.3 for one case: segmentation, ``M = M_B^0 + M_T^1`` per sequence, JSON/CSV, bar chart, overlays.
 
+    ``resamples``: draws of the random region B for the shares' spread and the exact expectation
+    (:func:`.explain.sequence_relevance_interval`; 0: one draw only).
     ``finalize``: write ``result.json`` (the marker of a complete folder) at the end."""
-    from .explain import sequence_relevance
+    from .explain import sequence_relevance, sequence_relevance_interval
 
     t0 = time.time()
     prog = as_progress(progress, cancel)
     case = _case(case)
     net = _load(model, device)
     seg = segment_case(case, out, net, device, prog.part(0.0, 0.2), patch_size=patch_size)
-    res = sequence_relevance(net, case.image, preset=preset, device=device, seed=seed, background=background,
-                             max_voxels=max_voxels, patch_size=patch_size, progress=prog.part(0.2, 0.9))
+    kw = dict(preset=preset, device=device, seed=seed, background=background, max_voxels=max_voxels,
+              patch_size=patch_size, progress=prog.part(0.2, 0.9))
+    res = sequence_relevance_interval(net, case.image, resamples, **kw) if resamples else \
+        sequence_relevance(net, case.image, **kw)
     meta = {"analysis": "sequence relevance (Sec. 2.3): M = M_B^0 + M_T^1", "title": "sequence relevance",
             "preset": preset if isinstance(preset, str) else repr(preset), "background_choice": background,
             "seed": seed, **{k: v for k, v in res.as_dict().items() if k.startswith("n_")},
@@ -107,8 +121,11 @@ def analyze_case(case, out: str, model="bundled", preset="recommended", device="
             "tumor_volume_ml": seg["tumor_volume_ml"]}
     if "dice" in seg:
         meta["dice"] = seg["dice"]
+    if resamples:
+        meta.update({"resamples": resamples, **{k: None if v is None else [float(x) for x in v]
+                                                for k, v in _interval_fields(res).items()}})
     summary = _write_relevance_outputs(case, out, res.maps, res.shares, res.positive, res.negative, meta,
-                                       seg["segmentation"].astype(bool), None)
+                                       seg["segmentation"].astype(bool), None, interval=res if resamples else None)
     summary["seconds"] = round(time.time() - t0, 2)
     if finalize:
         write_json(summary, os.path.join(out, RESULT))

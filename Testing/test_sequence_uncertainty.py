@@ -111,3 +111,31 @@ def test_expectation_is_the_mean_over_every_possible_background_region():
 def test_resamples_must_be_positive():
     with pytest.raises(ValueError, match="resamples"):
         sequence_relevance_interval(tiny_net(), random_input(shape=(4, 4, 4))[0].numpy(), resamples=0)
+
+
+def test_analysis_writes_the_spread_and_draws_error_bars(tmp_path):
+    import csv
+    import json
+
+    from LiverTumorLRPLib.cohort import write_cohort_outputs
+    from LiverTumorLRPLib.pipeline import analyze_case
+    from pipeline_fixtures import make_cases, make_model
+
+    (folder,) = make_cases(str(tmp_path / "cases"), n=1)
+    model = make_model(str(tmp_path / "m.safetensors"), folder)
+    out = str(tmp_path / "out")
+    summary = analyze_case(folder, out, model, device="cpu", resamples=3)
+    saved = json.loads(open(f"{out}/sequence_relevance.json").read())
+    assert saved["resamples"] == 3 and len(saved["relevance_p97.5"]) == 6 and len(saved["relevance_expected"]) == 6
+    rows = list(csv.DictReader(open(f"{out}/sequence_relevance.csv")))
+    assert len(rows) == 6
+    for row, lo, hi, mean in zip(rows, saved["relevance_p2.5"], saved["relevance_p97.5"], saved["relevance_mean"]):
+        assert float(row["relevance_p2.5"]) == pytest.approx(lo) and float(row["relevance_p97.5"]) == pytest.approx(hi)
+        assert lo <= mean <= hi
+    assert summary["relevance"] == pytest.approx([float(r["relevance"]) for r in rows])
+    # Fig. 1 with each case's interval, and a cohort of cases without one
+    write_cohort_outputs(str(tmp_path / "cohort"), {"a": saved, "b": saved}, {})
+    plain = {k: v for k, v in saved.items() if not k.startswith("relevance_")}
+    write_cohort_outputs(str(tmp_path / "cohort_plain"), {"a": plain}, {})
+    for d in ("cohort", "cohort_plain"):
+        assert (tmp_path / d / "cohort_relevance.png").stat().st_size > 0
