@@ -441,7 +441,8 @@ def _shares(M: np.ndarray):
     total = float(flat.sum())
     if not np.isfinite(total) or abs(total) < 1e-12:
         raise ValueError("the relevance map sums to zero; sequence shares are undefined")
-    return flat.sum(axis=1) / total, np.clip(flat, 0, None).sum(axis=1) / total, np.clip(flat, None, 0).sum(axis=1) / total
+    return (flat.sum(axis=1) / total, np.clip(flat, 0, None).sum(axis=1) / total,
+            np.clip(flat, None, 0).sum(axis=1) / total)
 
 
 @dataclass

@@ -63,12 +63,16 @@ def liver_means(image: np.ndarray, liver: Optional[np.ndarray] = None) -> np.nda
     return np.array([c[c > c.min()].mean() if (c > c.min()).any() else c.mean() for c in image])
 
 
-class _Secant(nn.Module):
-    """Elementwise ``g`` with value ``g(a)`` and derivative ``(g(a) - g(a_ref)) / (a - a_ref)`` (batch item 0)."""
+class _Wrapped(nn.Module):
+    """A network layer replaced for the batch (x, x_ref); its own operations are not checked by the guard."""
 
     def __init__(self, module: nn.Module, state):
         super().__init__()
         self.module, self._state = module, state
+
+
+class _Secant(_Wrapped):
+    """Elementwise ``g`` with value ``g(a)`` and derivative ``(g(a) - g(a_ref)) / (a - a_ref)`` (batch item 0)."""
 
     def forward(self, a):
         with self._state.inside():
@@ -88,12 +92,8 @@ class _Secant(nn.Module):
             return torch.cat([out[:1] + m * (a0 - a0.detach()), out[1:]])
 
 
-class _ArgmaxPool(nn.Module):
+class _ArgmaxPool(_Wrapped):
     """Max-pooling at ``x``'s argmax positions for both batch items (linear)."""
-
-    def __init__(self, module: nn.Module, state):
-        super().__init__()
-        self.module, self._state = module, state
 
     def forward(self, a):
         m = self.module
@@ -104,12 +104,8 @@ class _ArgmaxPool(nn.Module):
             return a.flatten(2).gather(2, idx).reshape((a.shape[0],) + out.shape[1:])
 
 
-class _FixedNorm(nn.Module):
+class _FixedNorm(_Wrapped):
     """InstanceNorm with ``x``'s (batch item 0) statistics for both items, as constants of the pass."""
-
-    def __init__(self, module: nn.Module, state):
-        super().__init__()
-        self.module, self._state = module, state
 
     def forward(self, a):
         n = self.module
