@@ -38,11 +38,11 @@ def main():
               f"{iv.expected[c]:10.3f}")
     if args.compare:
         t0 = time.perf_counter()
-        for k in range(args.resamples):
-            r = sequence_relevance(net, image, preset=args.preset, device="cpu", seed=k)
-            assert np.allclose(r.shares, iv.resampled[k], atol=1e-3), k
+        diff = max(float(np.abs(sequence_relevance(net, image, preset=args.preset, device="cpu", seed=k).shares
+                                - iv.resampled[k]).max()) for k in range(args.resamples))
         t_sep = time.perf_counter() - t0
-        print(f"{args.resamples} separate sequence_relevance calls: {t_sep:.1f} s; ratio {t_sep / t_iv:.2f}")
+        print(f"{args.resamples} separate sequence_relevance calls: {t_sep:.1f} s; ratio {t_sep / t_iv:.2f}; "
+              f"largest share difference {diff:.1e} (exclusion median over B instead of all candidates)")
 
 
 if __name__ == "__main__":
