@@ -215,3 +215,28 @@ def test_known_truth_model_needs_its_informative_sequences(tmp_path):
     path = save_model(UNet3D(UNetConfig(depth=2, base_channels=4)).eval(), tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="records no 'informative' sequences"):
         V._informative_of(str(path))
+
+
+def test_known_truth_run_reports_rates_with_intervals_and_per_case_hits(tmp_path):
+    from LiverTumorLRPLib.train import case_arrays
+    from LiverTumorLRPLib.unet import save_model
+
+    torch.manual_seed(0)
+    model = UNet3D(UNetConfig(depth=2, base_channels=4)).eval()
+    image, _ = case_arrays(V.VALIDATION_SEED, (48, 128, 128), (4.0, 3.0, 3.0))
+    with torch.no_grad():
+        y = model(torch.from_numpy(image[:, 16:32, 32:64, 32:64])[None])[0]
+        model.head.bias[1] -= float(torch.quantile((y[1] - y[0]).flatten(), 0.97))
+    path = str(save_model(model, tmp_path / "kt.safetensors", {"informative": ["T1_120s"]}))
+    res = V.run_validation(str(tmp_path / "out"), model, checks=["known-truth"], known_truth_models=[path],
+                           presets=["epsilon"], crop=(16, 32, 32), known_truth_cases=1, log=lambda *a: None)
+    kt = res["known_truth"][path]["epsilon"]
+    assert kt["cases"] == len(kt["per_case"]) >= 1 and kt["hits"] == sum(c["hit"] for c in kt["per_case"])
+    assert kt["ci95"] == pytest.approx(V.wilson_interval(kt["hits"], kt["cases"]))
+    row = res["per_preset"]["epsilon"]
+    assert row["known_truth_share_ci95"] == pytest.approx(kt["ci95"])
+    assert row["rates"]["known_truth T1_120s"]["hits"] == kt["hits"]
+    assert res["known_truth_shapley_ci95"]["blur"] == pytest.approx(
+        V.wilson_interval(res["known_truth"][path]["shapley"]["blur"]["hits"], kt["cases"]))
+    rates = (tmp_path / "out" / "rates.csv").read_text()
+    assert "known_truth T1_120s" in rates and "shapley-blur" in rates
