@@ -371,8 +371,12 @@ def write_cohort_outputs(out: str, results: dict, failures: dict) -> None:
     fig = None
     if names:
         shares = np.array([results[n]["relevance"] for n in names])
+        spread = all("relevance_p2.5" in results[n] for n in names)  # resampled regions B
+        low, high = ([results[n][k] for n in names] for k in ("relevance_p2.5", "relevance_p97.5")) if spread \
+            else (None, None)
         fig = cohort_figure(names, shares, os.path.join(out, "cohort_relevance.png"),
-                            title=f"Normalised relevance per sequence, {len(names)} cases")
+                            title=f"Normalised relevance per sequence, {len(names)} cases"
+                                  + (" (bars: 95 % of resampled B)" if spread else ""), low=low, high=high)
     write_text(_report_html(out, names, results, failures, fig, png_data_uri), os.path.join(out, "report.html"))
 
 
