@@ -200,6 +200,14 @@ def test_analyze_sequences(scene, volumes, model):
     composite = scene.GetNthNodeByClass(0, "vtkMRMLSliceCompositeNode")
     assert composite.GetForegroundVolumeID() == result.volumes[result.most_relevant].GetID()
     assert composite.GetBackgroundVolumeID() == volumes[result.most_relevant].GetID()
+    t = result.table.GetTable()
+    names = [t.GetColumnName(i) for i in range(t.GetNumberOfColumns())]
+    assert names[-3:] == ["p2.5", "p97.5", "expected"]
+    for r in range(t.GetNumberOfRows()):  # the first draw's share lies within the spread of the draws
+        share, low, high = (t.GetValue(r, names.index(k)).ToDouble() for k in ("relevance", "p2.5", "p97.5"))
+        assert low - 1e-9 <= high and np.isfinite(share)
+    expected = [t.GetValue(r, names.index("expected")).ToDouble() for r in range(t.GetNumberOfRows())]
+    assert abs(sum(expected) - 1) < 1e-6
 
 
 def test_explain_segment_and_point_regions(scene, volumes, model):

@@ -196,6 +196,9 @@ class WorkerJob:
         else:
             details = {k: summary.get(k) for k in ("n_tumor", "n_background", "n_excluded", "n_predicted_tumor")}
             details.update(preset=str(self.preset), seed=self.seed)
+            interval = {"p2.5": summary.get("relevance_p2.5"), "p97.5": summary.get("relevance_p97.5"),
+                        "expected": summary.get("relevance_expected")}
+            return write_relevance(maps, self.stacked, self.name, shares, details, self.scene, interval)
         return write_relevance(maps, self.stacked, self.name, shares, details, self.scene)
 
     def cancel(self) -> None:

@@ -130,8 +130,11 @@ def _sh_place(sh, folder: int, node) -> None:
 
 
 def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, details=None,
-                    scene=None) -> ExplanationResult:
-    """Relevance volumes (one per sequence), table, bar chart, grouped in a subject-hierarchy folder named ``name``."""
+                    scene=None, interval=None) -> ExplanationResult:
+    """Relevance volumes (one per sequence), table, bar chart, grouped in a subject-hierarchy folder named ``name``.
+
+    ``interval``: extra table columns per sequence, e.g. ``{"p2.5": low, "p97.5": high, "expected": e}`` (the
+    spread of Sec. 2.3's shares over resampled regions B and their exact expectation)."""
     scene = _scene(scene if scene is not None else inputs.reference.GetScene())
     maps = np.asarray(maps, dtype=np.float32)
     flat = maps.reshape(maps.shape[0], -1).astype(np.float64)
@@ -163,14 +166,16 @@ def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, de
     col = vtk.vtkStringArray()
     col.SetName("sequence")
     t.AddColumn(col)
-    for cname in ("relevance", "positive", "negative"):
+    extra = {k: v for k, v in (interval or {}).items() if v is not None}
+    columns = {"relevance": shares, "positive": positive, "negative": negative, **extra}
+    for cname in columns:
         c = vtk.vtkDoubleArray()
         c.SetName(cname)
         t.AddColumn(c)
     t.SetNumberOfRows(len(DISPLAY_NAMES))
     for r, disp_name in enumerate(DISPLAY_NAMES):
         t.SetValue(r, 0, vtk.vtkVariant(disp_name))
-        for c, values in enumerate((shares, positive, negative), start=1):
+        for c, values in enumerate(columns.values(), start=1):
             t.SetValue(r, c, vtk.vtkVariant(float(values[r])))
     t.Modified()
     _sh_place(sh, folder, table)

@@ -185,18 +185,19 @@ def analyze_sequences_task(inputs=None, model="bundled", preset="recommended", d
     stacked = inputs if isinstance(inputs, Inputs) else stack_inputs(inputs, scene)
 
     def compute(progress):
-        from ..explain import sequence_relevance
+        from ..explain import sequence_relevance_interval
 
         net = get_model(model)
         p = network_input(stacked, net)
-        sr = sequence_relevance(net, p.image, preset, device, seed, max_voxels=max_voxels, progress=progress)
+        sr = sequence_relevance_interval(net, p.image, 10, preset, device, seed, max_voxels=max_voxels,
+                                         progress=progress)
         return replace(sr, maps=p.grid.to_case(sr.maps, "relevance"))
 
     def apply(sr):
         return write_relevance(sr.maps, stacked, name, sr.shares,
                                {"n_tumor": sr.n_tumor, "n_background": sr.n_background, "n_excluded": sr.n_excluded,
                                 "n_predicted_tumor": sr.n_predicted_tumor, "preset": str(preset), "seed": seed},
-                               scene)
+                               scene, {"p2.5": sr.low, "p97.5": sr.high, "expected": sr.expected})
 
     return Task("Sequence relevance", compute, apply, list(stacked.messages))
 
