@@ -71,9 +71,14 @@ def save_model_file(model: nn.Module, path, config: dict) -> Path:
 
 
 def load_model(spec="bundled", device="cpu") -> nn.Module:
-    """A model in eval mode: ``"bundled"``, a ``.safetensors`` path (config JSON beside it), or an nn.Module."""
+    """A model in eval mode: ``"bundled"``, a ``.safetensors`` path (config JSON beside it), an nnU-Net v2
+    trained-model folder (:func:`.nnunet.load_nnunet`), or an nn.Module."""
     if isinstance(spec, nn.Module):
         return spec.to(device).eval()
+    from .nnunet import is_nnunet_folder, load_nnunet
+
+    if spec not in (None, "bundled") and is_nnunet_folder(spec):
+        return load_nnunet(spec, device=device)
     path = bundled_model_path() if spec in (None, "bundled") else Path(spec)
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
