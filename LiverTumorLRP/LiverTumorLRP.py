@@ -4,6 +4,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 from typing import Annotated, Optional
 
@@ -15,31 +16,54 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper.guiConnectors import GuiConnector
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
 
 
-def _addLibraryPath():
-    """LiverTumorLRPLib lives beside the module when installed, at the repository root in a source tree."""
+def _libraryFolder() -> str:
+    """The folder holding the bundled LiverTumorLRPLib: beside the module when installed, else the source root."""
     here = os.path.dirname(os.path.abspath(__file__))
     for folder in (here, os.path.dirname(here)):
-        if os.path.isdir(os.path.join(folder, "LiverTumorLRPLib")) and folder not in sys.path:
-            sys.path.insert(0, folder)
-            break
+        if os.path.isfile(os.path.join(folder, "LiverTumorLRPLib", "__init__.py")):
+            return folder
+    raise ImportError(f"LiverTumorLRPLib not found beside {here}")
 
 
-_addLibraryPath()
+def _importBundledLibrary():
+    """Import the bundled LiverTumorLRPLib ahead of any copy installed in site-packages (and check it)."""
+    folder = _libraryFolder()
+    expected = os.path.normcase(os.path.join(folder, "LiverTumorLRPLib"))
+    loaded = sys.modules.get("LiverTumorLRPLib")
+    if loaded is not None and os.path.normcase(os.path.dirname(os.path.abspath(loaded.__file__))) != expected:
+        for name in [n for n in sys.modules if n == "LiverTumorLRPLib" or n.startswith("LiverTumorLRPLib.")]:
+            del sys.modules[name]
+    while folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+    import LiverTumorLRPLib
+
+    found = os.path.normcase(os.path.dirname(os.path.abspath(LiverTumorLRPLib.__file__)))
+    if found != expected:
+        raise ImportError(f"LiverTumorLRP: imported {LiverTumorLRPLib.__file__}, expected the bundled {expected}")
+    return LiverTumorLRPLib
+
+
+_importBundledLibrary()
 
 from LiverTumorLRPLib.sequences import SEQUENCE_KEYS  # noqa: E402  (no torch needed)
 
 # Names of LiverTumorLRPLib.presets.PRESETS (kept here so that the module loads before torch is installed).
 PRESET_NAMES = ["recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-beta1", "epsilon-plus-flat"]
-# Python packages the library needs besides torch; never numpy, SimpleITK or vtk (Slicer's own).
+# Python packages the worker needs besides torch; never numpy, SimpleITK or vtk (Slicer's own).
 PIP_REQUIREMENTS = {"safetensors": "safetensors>=0.4,<1", "scipy": "scipy>=1.9,<2", "tqdm": "tqdm>=4.60,<5",
                     "matplotlib": "matplotlib>=3.6,<4"}
+# The phantom case needs only these (numpy and SimpleITK come with Slicer).
+PHANTOM_REQUIREMENTS = ("scipy",)
 TORCH_REQUIREMENT = ">=2.1"
 # parameter field of each sequence's volume selector
 SEQUENCE_FIELDS = {"T2": "t2Volume", "T1_plain": "t1PlainVolume", "T1_20s": "t1_20sVolume",
                    "T1_60s": "t1_60sVolume", "T1_120s": "t1_120sVolume", "T1_15min": "t1_15minVolume"}
+HOMEPAGE = "https://github.com/LiverTumorLRP/SlicerLiverTumorLRP#readme"
 
 
 #
@@ -55,12 +79,13 @@ class LiverTumorLRP(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
         self.parent.contributors = ["LiverTumorLRP developers"]
-        self.parent.helpText = """
+        self.parent.helpText = f"""
 Segments liver tumors in six-sequence liver MRI (T2, T1 plain, T1 20 s, 60 s, 120 s and 15 min after gadoxetate)
-with a 3D u-net and explains each segmentation with layer-wise relevance propagation (LRP): relevance maps of any
-region (a segment, the predicted tumor or background, one point) and the share of each MRI sequence in the
-tumor-vs-background decision. The inputs are resampled to the T1 15 min grid.
-See the <a href="https://github.com/">project page</a> for details.
+with a 3D u-net and explains each segmentation with layer-wise relevance propagation (LRP): the relevance of any
+region (a segment, the predicted tumor or background, one markup point) per sequence, and the share of each MRI
+sequence in the tumor-vs-background decision (sequence relevance). The inputs are resampled to the T1 15 min grid.
+<br>The work runs in a separate Python process (Cancel stops it); PyTorch and a few packages are installed on first
+use after one confirmation. See the <a href="{HOMEPAGE}">README</a> for the workflow, the outputs and the batch mode.
 """
         self.parent.acknowledgementText = """
 Method: Chlebus G, Abolmaali N, Schenk A, Meine H. Relevance analysis of MRI sequences for automatic liver tumor
@@ -78,11 +103,13 @@ def registerSampleData():
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
 
     def loadPhantom(*args, **kwargs):
-        logic = LiverTumorLRPLogic()
-        if not logic.ensureDependencies():
-            return None
-        logic.loadPhantomCase()
-        return os.path.join(iconsPath, "LiverTumorLRP.png")
+        with slicer.util.tryWithErrorDisplay("Failed to load the phantom case.", waitCursor=False):
+            logic = LiverTumorLRPLogic()
+            if not logic.ensureDependencies(PHANTOM_REQUIREMENTS):
+                return None
+            logic.loadPhantomCase()
+            return os.path.join(iconsPath, "LiverTumorLRP.png")
+        return None
 
     try:
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
@@ -140,8 +167,41 @@ class LiverTumorLRPParameterNode:
 # LiverTumorLRPWidget
 #
 
+class LineEditConnector(GuiConnector):
+    """QLineEdit <-> str that rewrites the text only when it differs (the stock one moves the cursor to the end
+    on every keystroke, because it rewrites every widget on every parameter-node change)."""
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return isinstance(widget, qt.QLineEdit) and datatype is str
+
+    @staticmethod
+    def create(widget, datatype):
+        return LineEditConnector(widget)
+
+    def __init__(self, widget):
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self):
+        self._widget.textChanged.connect(self.changed)
+
+    def _disconnect(self):
+        self._widget.textChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self) -> str:
+        return self._widget.text
+
+    def write(self, value: str) -> None:
+        if self._widget.text != value:
+            self._widget.text = value
+
+
 class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Inputs, model, Segment / Explain / Sequence relevance with progress, log and Cancel."""
+    """Inputs, model, Segment / Explain / Sequence relevance in a worker process, with progress, log and Cancel."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -180,23 +240,20 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self.stopJob()
         if self.timer is not None:
             self.timer.stop()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
+        pass  # the GUI stays connected to the parameter node (connected once per node, see setParameterNode)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self.stopJob()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -212,18 +269,35 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         self.autoAssignInputs()
 
+    def guiMapping(self) -> dict:
+        """Parameter name -> widget (from the .ui's SlicerParameterName) or connector (the model line edit)."""
+        mapping = {}
+        for widget in vars(self.ui).values():
+            name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+            if name:
+                mapping[name] = LineEditConnector(widget) if isinstance(widget, qt.QLineEdit) else widget
+        return mapping
+
     def setParameterNode(self, inputParameterNode: Optional[LiverTumorLRPParameterNode]) -> None:
+        """Connect the GUI once per parameter node. ``connectParametersToGui`` returns its tag on every Slicer
+        version (``connectGui`` does not on 5.8), so ``disconnectGui`` really disconnects."""
+        current = self._parameterNode.parameterNode if self._parameterNode else None
+        new = inputParameterNode.parameterNode if inputParameterNode else None
+        if current is not None and current is new:
+            return
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateRegionWidgets)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self.guiMapping())
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateRegionWidgets)
         self.updateRegionWidgets()
 
     def onReload(self) -> None:
         """Reload the library too (developer mode)."""
+        self.stopJob()
         for name in sorted(n for n in sys.modules if n.startswith("LiverTumorLRPLib.")):
             importlib.reload(sys.modules[name])
         super().onReload()
@@ -252,45 +326,52 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.modelPath = path
 
     def onLoadPhantom(self) -> None:
+        if not self.logic.ensureDependencies(PHANTOM_REQUIREMENTS):
+            self.log(f"The phantom case needs {', '.join(PHANTOM_REQUIREMENTS)}; not installed.")
+            return
         with slicer.util.tryWithErrorDisplay("Failed to load the phantom case.", waitCursor=True):
-            if not self.logic.ensureDependencies():
-                return
             self.logic.loadPhantomCase(seed=self._parameterNode.seed)
             self.autoAssignInputs(overwrite=True)
             self.log("Phantom case loaded.")
 
     def onSegment(self) -> None:
-        self.runOrCancel(self.ui.segmentButton, lambda: self.logic.segmentTask(self._parameterNode))
+        self.runOrCancel(self.ui.segmentButton, lambda: self.logic.segmentJob(self._parameterNode))
 
     def onExplain(self) -> None:
-        def task():
-            p = self._parameterNode
+        def job():
             segmentation = self.ui.segmentSelector.currentNode()
             segmentId = self.ui.segmentSelector.currentSegmentID()
-            return self.logic.explainTask(p, segmentation, segmentId)
+            return self.logic.explainJob(self._parameterNode, segmentation, segmentId)
 
-        self.runOrCancel(self.ui.explainButton, task)
+        self.runOrCancel(self.ui.explainButton, job)
 
     def onSequenceRelevance(self) -> None:
-        self.runOrCancel(self.ui.sequenceRelevanceButton, lambda: self.logic.sequenceRelevanceTask(self._parameterNode))
+        self.runOrCancel(self.ui.sequenceRelevanceButton, lambda: self.logic.sequenceRelevanceJob(self._parameterNode))
 
-    def runOrCancel(self, button, makeTask) -> None:
-        """Start a background job from ``button``, or cancel the running one when it is this button."""
+    def runOrCancel(self, button, makeJob) -> None:
+        """Start a worker job from ``button``, or cancel the running one when it is this button."""
         if self.job is not None:
             if button is self.jobButton:
-                self.job.cancel()
-                self.log("Cancelling...")
+                self.stopJob()
+            return
+        if not self.logic.ensureDependencies():  # asks (once) before the wait cursor
+            self.log("PyTorch and the other Python packages are not installed; nothing started.")
             return
         with slicer.util.tryWithErrorDisplay("Could not start.", waitCursor=True):
-            if not self.logic.ensureDependencies():
-                return
-            from LiverTumorLRPLib import slicer_logic
-
-            task = makeTask()
-            self.job = slicer_logic.Job(task).start()
-            self.jobButton = button
+            job = makeJob()
+            self.job, self.jobButton = job.start(), button
             self.setRunning(True)
-            self.log(f"{task.name}: started")
+            self.showMessages()
+
+    def stopJob(self) -> None:
+        """Cancel the running job (kills the worker process); nothing is added to the scene."""
+        if self.job is None:
+            return
+        self.job.cancel()
+        self.showMessages()
+        self.job = None
+        self.setRunning(False)
+        self.jobButton = None
 
     def setRunning(self, running: bool) -> None:
         for b, text in self.buttonTexts.items():
@@ -303,27 +384,27 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.timer.stop()
 
+    def showMessages(self) -> None:
+        for message in self.job.take_messages():
+            self.log(message)
+
     def onPoll(self) -> None:
+        """Timer (main thread): the worker's new progress lines; on its end, its results into the scene."""
         job = self.job
         if job is None:
             self.timer.stop()
             return
-        for message in job.take_messages():
-            self.log(message)
+        finished = job.poll()
         self.ui.progressBar.value = int(100 * job.fraction)
-        if not job.poll():
+        self.showMessages()
+        if not finished:
             return
         self.job = None
         self.setRunning(False)
         self.jobButton = None
-        for message in job.take_messages():
-            self.log(message)
-        if job.state == "cancelled":
-            self.log(f"{job.task.name}: cancelled")
-        elif job.state == "failed":
-            self.log(f"{job.task.name} failed: {job.error}")
-            slicer.util.errorDisplay(f"{job.task.name} failed: {job.error}")
-        else:
+        if job.state == "failed":
+            slicer.util.errorDisplay(f"{job.title} failed: {job.error}")
+        elif job.state == "done":
             self.ui.progressBar.value = 100
             self.log(self.logic.describe(job.result))
 
@@ -336,8 +417,21 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 # LiverTumorLRPLogic
 #
 
+# Shared by every logic instance (the widget's, the Sample Data loader's): ask once, install once.
+_DEPENDENCIES = {"installing": False}
+
+
+def pythonSlicerExecutable() -> str:
+    """Slicer's own Python (``PythonSlicer``), which runs the worker process."""
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    path = shutil.which("PythonSlicer") or os.path.join(slicer.app.slicerHome, "bin", name)
+    if not os.path.isfile(path):
+        raise RuntimeError(f"cannot find {name} (looked on PATH and in {slicer.app.slicerHome}/bin)")
+    return path
+
+
 class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
-    """Module logic: thin wrappers around LiverTumorLRPLib.slicer_logic (which does the MRML work)."""
+    """Module logic: builds worker jobs from the parameter node; the MRML work is in LiverTumorLRPLib.mrml."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -346,38 +440,61 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
         return LiverTumorLRPParameterNode(super().getParameterNode())
 
     @staticmethod
-    def missingPackages() -> list:
-        names = [n for n in ("torch", *PIP_REQUIREMENTS) if importlib.util.find_spec(n) is None]
-        return names
+    def missingPackages(names=None) -> list:
+        """Packages (import names) not installed; found without importing them (torch is never imported here)."""
+        importlib.invalidate_caches()
+        return [n for n in (names or ("torch", *PIP_REQUIREMENTS)) if importlib.util.find_spec(n) is None]
 
-    def ensureDependencies(self) -> bool:
-        """Install torch and the other packages after asking the user; False when declined."""
-        missing = self.missingPackages()
+    def ensureDependencies(self, names=None) -> bool:
+        """Install the missing packages (default: torch and the worker's packages); True when all are there.
+
+        One confirmation, asked before any wait cursor: ours, or PyTorchUtils' own when the PyTorch extension is
+        present and torch is missing (then no second dialog of ours). In testing mode nothing is asked. A second
+        call while installing (a second click) returns False at once.
+        """
+        missing = self.missingPackages(names)
         if not missing:
             return True
-        if slicer.app.testingEnabled():
-            raise RuntimeError(f"LiverTumorLRP needs {', '.join(missing)}; they are not installed during tests")
-        if not slicer.util.confirmOkCancelDisplay(
-                f"Liver Tumor LRP needs these Python packages: {', '.join(missing)}. Install them now? "
-                "(PyTorch may download about 2 GB.)", "Install dependencies"):
+        if _DEPENDENCIES["installing"]:
+            logging.info("LiverTumorLRP: the dependencies are being installed")
             return False
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                PyTorchUtils = None
-            if PyTorchUtils is not None:
-                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-                if not torchLogic.torchInstalled():
-                    if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT) is None:
-                        return False
-            else:
-                slicer.util.pip_install(f"torch{TORCH_REQUIREMENT}")
-        others = [PIP_REQUIREMENTS[n] for n in missing if n in PIP_REQUIREMENTS]
-        if others:
-            slicer.util.pip_install(others)
-        importlib.invalidate_caches()
-        return not self.missingPackages()
+        testing = slicer.app.testingEnabled()
+        torchUtils = self._pyTorchUtilsLogic() if "torch" in missing else None
+        others = [PIP_REQUIREMENTS.get(n, n) for n in missing if n != "torch"]
+        if not testing and torchUtils is None and not slicer.util.confirmOkCancelDisplay(
+                f"Liver Tumor LRP needs these Python packages: {', '.join(missing)}. Install them now?"
+                + (" (PyTorch may download about 2 GB.)" if "torch" in missing else ""), "Install dependencies"):
+            return False
+        _DEPENDENCIES["installing"] = True
+        try:
+            if torchUtils is not None:
+                # its own single confirmation (none in testing mode)
+                if torchUtils.installTorch(askConfirmation=not testing,
+                                           torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                    return False
+            elif "torch" in missing:
+                with slicer.util.WaitCursor():
+                    slicer.util.pip_install(f"torch{TORCH_REQUIREMENT}")
+            if others:
+                with slicer.util.WaitCursor():
+                    slicer.util.pip_install(others)
+        except Exception as exc:  # pip or light-the-torch failed: say so here, not only in the console
+            slicer.util.errorDisplay(f"Liver Tumor LRP: installing {', '.join(missing)} failed: {exc}")
+            return False
+        finally:
+            _DEPENDENCIES["installing"] = False
+        still = self.missingPackages(names)
+        if still:
+            slicer.util.errorDisplay(f"Liver Tumor LRP: could not install {', '.join(still)}; see the Python console.")
+        return not still
+
+    @staticmethod
+    def _pyTorchUtilsLogic():
+        try:
+            import PyTorchUtils
+        except ImportError:
+            return None
+        return PyTorchUtils.PyTorchUtilsLogic()
 
     @staticmethod
     def _lib():
@@ -394,27 +511,32 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
         return parameterNode.modelPath.strip() or "bundled"
 
     def loadPhantomCase(self, seed: int = 0, shape=(32, 96, 96), spacing=(4.0, 3.0, 3.0)) -> dict:
+        """Generated phantom case (numpy, scipy, SimpleITK; no torch) as six volumes and a reference segmentation."""
         nodes = self._lib().add_phantom_case(seed, shape, spacing)
         slicer.util.setSliceViewerLayers(background=nodes["T1_15min"], fit=True)
         return nodes
 
-    def segmentTask(self, p):
-        return self._lib().segment_task(self.inputs(p), self.model(p), p.device.value)
+    def segmentJob(self, p, python=None):
+        return self._lib().segment_job(self.inputs(p), self.model(p), p.device.value,
+                                       python=python or pythonSlicerExecutable())
 
-    def explainTask(self, p, segmentationNode=None, segmentId=None):
+    def region(self, p, segmentationNode=None, segmentId=None):
         lib = self._lib()
         kind = p.region.value
         if kind == "segment":
-            region = lib.Region("segment", segmentationNode, segmentId)
-        elif kind == "point":
-            region = lib.Region("point", p.regionPoints, point_index=0)
-        else:
-            region = lib.Region(kind)
-        return lib.explain_region_task(self.inputs(p), self.model(p), region, p.explainClass, p.preset,
-                                       p.device.value)
+            return lib.Region("segment", segmentationNode, segmentId)
+        if kind == "point":
+            return lib.Region("point", p.regionPoints, point_index=0)
+        return lib.Region(kind)
 
-    def sequenceRelevanceTask(self, p):
-        return self._lib().analyze_sequences_task(self.inputs(p), self.model(p), p.preset, p.device.value, p.seed)
+    def explainJob(self, p, segmentationNode=None, segmentId=None, python=None):
+        return self._lib().explain_region_job(self.inputs(p), self.model(p), self.region(p, segmentationNode, segmentId),
+                                              p.explainClass, p.preset, p.device.value,
+                                              python=python or pythonSlicerExecutable())
+
+    def sequenceRelevanceJob(self, p, python=None):
+        return self._lib().analyze_sequences_job(self.inputs(p), self.model(p), p.preset, p.device.value, p.seed,
+                                                 python=python or pythonSlicerExecutable())
 
     def describe(self, result) -> str:
         lib = self._lib()
@@ -424,11 +546,13 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
             return f"Tumor: {result.n_tumor} voxels ({result.tumor_ml:.1f} ml) in {result.segmentation.GetName()}"
         return str(result)
 
-    def process(self, inputs=None, model="bundled", device="auto", preset="recommended", seed=0):
-        """Scripted use: segment and run sequence relevance (blocking); returns (SegmentResult, ExplanationResult)."""
+    def process(self, inputs=None, model="bundled", device="auto", preset="recommended", seed=0, python=None):
+        """Scripted use: segment and run sequence relevance in the worker (blocking);
+        returns (SegmentResult, ExplanationResult)."""
         lib = self._lib()
-        segmentation = lib.segment(inputs, model, device)
-        return segmentation, lib.analyze_sequences(inputs, model, preset, device, seed)
+        python = python or pythonSlicerExecutable()
+        segmentation = lib.segment_job(inputs, model, device, python=python).run()
+        return segmentation, lib.analyze_sequences_job(inputs, model, preset, device, seed, python=python).run()
 
 
 #
@@ -436,60 +560,90 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
 #
 
 class LiverTumorLRPTest(ScriptedLoadableModuleTest):
-    """Small phantom case and a tiny random u-net: segment, explain the tumor, sequence relevance."""
+    """Installs the dependencies (testing mode: no questions), then segment, explain and sequence relevance in the
+    worker process on a phantom case with the bundled model."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_segment()
-        self.setUp()
-        self.test_explain_and_sequence_relevance()
+        for name in sorted(n for n in dir(self) if n.startswith("test_")):
+            self.setUp()
+            getattr(self, name)()
 
-    def _tinyModelAndInputs(self):
-        import numpy as np
-        import torch
-
-        from LiverTumorLRPLib.intensity import normalise_image
-        from LiverTumorLRPLib.unet import UNet3D, UNetConfig
-
-        lib = LiverTumorLRPLogic._lib()
-        nodes = lib.add_phantom_case(3, shape=(16, 32, 32), spacing=(3.0, 2.5, 2.0))
-        torch.manual_seed(0)
-        model = UNet3D(UNetConfig(depth=2, base_channels=4)).eval()
-        image = normalise_image(np.stack([slicer.util.arrayFromVolume(nodes[k]) for k in SEQUENCE_KEYS]))
-        with torch.no_grad():
-            y = model(torch.from_numpy(image)[None])[0]
-            model.head.bias[1] -= float(torch.quantile((y[1] - y[0]).flatten(), 0.95))
-        return lib, model, nodes
+    def _phantom(self):
+        return LiverTumorLRPLogic().loadPhantomCase(seed=0)
 
     def _assertSameGeometry(self, a, b):
-        import numpy as np
-
-        self.assertTrue(np.allclose(a.GetOrigin(), b.GetOrigin()))
-        self.assertTrue(np.allclose(a.GetSpacing(), b.GetSpacing()))
+        ijkToRasA, ijkToRasB = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        a.GetIJKToRASMatrix(ijkToRasA)
+        b.GetIJKToRASMatrix(ijkToRasB)
+        for i in range(4):
+            for j in range(4):
+                self.assertAlmostEqual(ijkToRasA.GetElement(i, j), ijkToRasB.GetElement(i, j), places=4)
         self.assertEqual(a.GetImageData().GetDimensions(), b.GetImageData().GetDimensions())
 
-    def test_segment(self):
-        self.delayDisplay("Segment a small phantom case")
-        lib, model, nodes = self._tinyModelAndInputs()
-        result = lib.segment(nodes, model, "cpu")
-        self.assertTrue(result.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Tumor"))
-        self.assertGreater(result.n_tumor, 0)
-        self._assertSameGeometry(result.probability, nodes["T1_15min"])
+    def test_01_phantom_needs_no_torch(self):
+        self.delayDisplay("Phantom case (numpy, scipy, SimpleITK only)")
+        logic = LiverTumorLRPLogic()
+        self.assertTrue(logic.ensureDependencies(PHANTOM_REQUIREMENTS))
+        hadTorch = "torch" in sys.modules
+        nodes = self._phantom()
+        self.assertEqual(sorted(nodes), sorted(SEQUENCE_KEYS))
+        self.assertEqual(sorted(LiverTumorLRPLogic._lib().assign_sequences()), sorted(SEQUENCE_KEYS))
+        if not hadTorch:
+            self.assertNotIn("torch", sys.modules)
 
-    def test_explain_and_sequence_relevance(self):
-        import numpy as np
+    def test_02_dependencies_install_without_asking(self):
+        self.delayDisplay("Dependencies (installed without a question in testing mode)")
+        self.assertTrue(LiverTumorLRPLogic().ensureDependencies())
+        self.assertEqual(LiverTumorLRPLogic.missingPackages(), [])
 
-        self.delayDisplay("Explain the predicted tumor and run sequence relevance")
-        lib, model, nodes = self._tinyModelAndInputs()
-        for result in (lib.explain_region(nodes, model, lib.Region("predicted tumor"), "tumor", device="cpu"),
-                       lib.analyze_sequences(nodes, model, device="cpu")):
+    def _run(self, job):
+        job.start()
+        self.assertIsNotNone(job.worker.process.pid)
+        fractions = []
+        while not job.poll():
+            fractions.append(job.fraction)
+            slicer.app.processEvents()
+            qt.QThread.msleep(50)
+        self.assertEqual(job.state, "done", job.error)
+        self.assertFalse(os.path.exists(job.job_dir))
+        return job.result
+
+    def test_03_segment_explain_sequence_relevance_in_worker(self):
+        self.delayDisplay("Segment, explain and sequence relevance in the worker process")
+        logic = LiverTumorLRPLogic()
+        self.assertTrue(logic.ensureDependencies())
+        lib = logic._lib()
+        nodes = self._phantom()
+        python = pythonSlicerExecutable()
+        seg = self._run(lib.segment_job(nodes, "bundled", "cpu", python=python))
+        self.assertTrue(seg.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Tumor"))
+        self.assertGreater(seg.n_tumor, 0)
+        self._assertSameGeometry(seg.probability, nodes["T1_15min"])
+        for job in (lib.explain_region_job(nodes, "bundled", lib.Region("predicted tumor"), "tumor", device="cpu",
+                                           python=python),
+                    lib.analyze_sequences_job(nodes, "bundled", device="cpu", python=python)):
+            result = self._run(job)
             self.assertEqual(set(result.volumes), set(SEQUENCE_KEYS))
             for key, node in result.volumes.items():
                 self._assertSameGeometry(node, nodes[key])
-            self.assertAlmostEqual(float(np.sum(result.shares)), 1.0, places=5)
-            self.assertEqual(result.table.GetNumberOfRows(), 6)
+            self.assertAlmostEqual(float(sum(result.shares)), 1.0, places=5)
+            self.assertEqual(result.table.GetTable().GetNumberOfRows(), 6)
             self.assertEqual(result.chart.GetNumberOfPlotSeriesNodes(), 6)
+
+    def test_04_cancel_adds_nothing(self):
+        self.delayDisplay("Cancel: the worker process is stopped, nothing is added")
+        self.assertTrue(LiverTumorLRPLogic().ensureDependencies())
+        lib = LiverTumorLRPLogic._lib()
+        nodes = self._phantom()
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        job = lib.analyze_sequences_job(nodes, "bundled", device="cpu", python=pythonSlicerExecutable()).start()
+        jobDir = job.job_dir
+        job.cancel()
+        self.assertEqual(job.state, "cancelled")
+        self.assertIsNotNone(job.worker.process.poll())
+        self.assertFalse(os.path.exists(jobDir))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Test passed")

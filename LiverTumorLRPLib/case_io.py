@@ -59,6 +59,7 @@ class Case:
     raw: Optional[np.ndarray] = None
     label: Optional[np.ndarray] = None
     transforms: dict = field(default_factory=dict)
+    channels: tuple = SEQUENCE_KEYS   # the channel keys of ``image``, in order
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -86,16 +87,21 @@ class Case:
 
     def sequence(self, key: str) -> np.ndarray:
         """The (z, y, x) channel of sequence ``key``."""
-        return self.image[SEQUENCE_KEYS.index(_check_key(key))]
+        return self.image[self.channels.index(_check_key(key, self.channels))]
 
     def to_image(self, array: np.ndarray, dtype=None) -> sitk.Image:
         """A SimpleITK image of a (z, y, x) array with this case's geometry."""
         return array_to_image(array, self.reference, dtype)
 
 
-def _check_key(key: str) -> str:
-    if key not in SEQUENCE_KEYS:
-        raise ValueError(f"unknown sequence {key!r}; expected one of {', '.join(SEQUENCE_KEYS)}")
+def reference_key(keys=SEQUENCE_KEYS) -> str:
+    """The sequence every other one is brought onto: T1 15 min when the model takes it, else the first."""
+    return REFERENCE_KEY if REFERENCE_KEY in keys else keys[0]
+
+
+def _check_key(key: str, keys=SEQUENCE_KEYS) -> str:
+    if key not in keys:
+        raise ValueError(f"unknown sequence {key!r}; expected one of {', '.join(keys)}")
     return key
 
 
@@ -114,10 +120,10 @@ def _folder_entries(folder: str) -> list[str]:
     return sorted(e for e in os.listdir(folder) if not e.startswith("."))
 
 
-def _find_in_folder(folder: str) -> dict[str, str]:
+def _find_in_folder(folder: str, keys=SEQUENCE_KEYS) -> dict[str, str]:
     """key -> path of the sequence files / DICOM folders (and the label) of a case folder."""
     found: dict[str, list[str]] = {}
-    wanted = {k.lower(): k for k in (*SEQUENCE_KEYS, LABEL_KEY)}
+    wanted = {k.lower(): k for k in (*keys, LABEL_KEY)}
     for entry in _folder_entries(folder):
         path = os.path.join(folder, entry)
         if os.path.isdir(path):
@@ -136,7 +142,7 @@ def _find_in_folder(folder: str) -> dict[str, str]:
     return files
 
 
-def _find_from_json(json_path: str) -> tuple[dict[str, str], Optional[str]]:
+def _find_from_json(json_path: str, keys=SEQUENCE_KEYS) -> tuple[dict[str, str], Optional[str]]:
     try:
         with open(json_path, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -150,8 +156,8 @@ def _find_from_json(json_path: str) -> tuple[dict[str, str], Optional[str]]:
     for key, value in data.items():
         if key == "name":
             continue
-        if key not in SEQUENCE_KEYS and key != LABEL_KEY:
-            raise ValueError(f"{json_path}: unknown key {key!r}; expected {', '.join(SEQUENCE_KEYS)}, "
+        if key not in keys and key != LABEL_KEY:
+            raise ValueError(f"{json_path}: unknown key {key!r}; expected {', '.join(keys)}, "
                              f"'{LABEL_KEY}' or 'name'")
         if not isinstance(value, str) or not value:
             raise ValueError(f"{json_path}: {key} must be a path string, got {value!r}")
@@ -162,24 +168,25 @@ def _find_from_json(json_path: str) -> tuple[dict[str, str], Optional[str]]:
     return files, (str(name) if name is not None else None)
 
 
-def case_files(path: str) -> tuple[str, dict[str, str]]:
+def case_files(path: str, sequences=None) -> tuple[str, dict[str, str]]:
     """(case name, key -> path) of a case folder or ``case.json``; FileNotFoundError lists what is missing."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"case {path} does not exist")
+    keys = tuple(sequences or SEQUENCE_KEYS)
     json_path = path if os.path.isfile(path) else os.path.join(path, CASE_JSON)
     folder = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else path
     name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
     if os.path.isfile(path) and not path.lower().endswith(".json"):
         raise ValueError(f"{path}: a case is a folder or a case.json file, not a single image")
     if os.path.isfile(json_path):
-        files, json_name = _find_from_json(json_path)
+        files, json_name = _find_from_json(json_path, keys)
         name = json_name or name
         where = json_path
     else:
-        files = _find_in_folder(folder)
+        files = _find_in_folder(folder, keys)
         where = f"case folder {folder}"
-    missing = [k for k in SEQUENCE_KEYS if k not in files]
+    missing = [k for k in keys if k not in files]
     if missing:
         entries = _folder_entries(folder)
         hints = []
@@ -188,7 +195,7 @@ def case_files(path: str) -> tuple[str, dict[str, str]]:
             if guess in missing:
                 hints.append(f"{e!r} looks like {guess} (rename it to {guess}{_split_ext(e)[1]} or use {CASE_JSON})")
         msg = (f"{where}: missing sequence(s) {', '.join(missing)}; found: "
-               f"{', '.join(k for k in SEQUENCE_KEYS if k in files) or 'none'}; "
+               f"{', '.join(k for k in keys if k in files) or 'none'}; "
                f"files in {folder}: {', '.join(entries) or 'none'}")
         if hints:
             msg += "; " + "; ".join(hints)
@@ -364,7 +371,8 @@ def array_to_image(array: np.ndarray, reference: sitk.Image, dtype=None) -> sitk
 
 def case_from_images(images: Mapping[str, Any], name: str = "case", label: Any = None, normalise: bool = True,
                      register: bool = False, progress=None, files: Optional[Mapping[str, str]] = None,
-                     keep_raw: bool = True, orient: Optional[str] = None, bspline: bool = True) -> Case:
+                     keep_raw: bool = True, orient: Optional[str] = None, bspline: bool = True,
+                     sequences=None) -> Case:
     """Build a :class:`Case` from in-memory images: key -> SimpleITK image (or (z, y, x) numpy array).
 
     Numpy arrays take the geometry of the T1_15min SimpleITK image when there is one
@@ -374,14 +382,16 @@ def case_from_images(images: Mapping[str, Any], name: str = "case", label: Any =
     """
     progress = as_progress(progress)
     files = dict(files or {})
-    unknown = [k for k in images if k not in SEQUENCE_KEYS]
+    keys = tuple(sequences or SEQUENCE_KEYS)
+    ref_key = reference_key(keys)
+    unknown = [k for k in images if k not in keys]
     if unknown:
-        raise ValueError(f"unknown sequence(s) {', '.join(map(str, unknown))}; expected {', '.join(SEQUENCE_KEYS)}")
-    missing = [k for k in SEQUENCE_KEYS if k not in images or images[k] is None]
+        raise ValueError(f"unknown sequence(s) {', '.join(map(str, unknown))}; expected {', '.join(keys)}")
+    missing = [k for k in keys if k not in images or images[k] is None]
     if missing:
         raise ValueError(f"case {name}: missing sequence(s) {', '.join(missing)}; "
-                         f"found: {', '.join(k for k in SEQUENCE_KEYS if k not in missing) or 'none'}")
-    geometry = images[REFERENCE_KEY] if isinstance(images[REFERENCE_KEY], sitk.Image) else None
+                         f"found: {', '.join(k for k in keys if k not in missing) or 'none'}")
+    geometry = images[ref_key] if isinstance(images[ref_key], sitk.Image) else None
 
     def as_image(value, what: str) -> sitk.Image:
         src = files.get(what, "in-memory image")
@@ -399,23 +409,23 @@ def case_from_images(images: Mapping[str, Any], name: str = "case", label: Any =
             img = sitk.DICOMOrient(img, orient)
         return img
 
-    checked = {k: as_image(images[k], k) for k in SEQUENCE_KEYS}
-    reference = checked[REFERENCE_KEY]
+    checked = {k: as_image(images[k], k) for k in keys}
+    reference = checked[ref_key]
     raws, transforms = [], {}
-    n_moving = len(SEQUENCE_KEYS) - 1
+    n_moving = len(keys) - 1
     done = 0
-    for key in SEQUENCE_KEYS:
+    for key in keys:
         img = checked[key]
         where = f"{key} ({files.get(key, 'in-memory image')})"
-        if key != REFERENCE_KEY:
+        if key != ref_key:
             _require_overlap(img, reference, where)
             grid_differs = not same_grid(img, reference)
             if grid_differs:
                 warnings.warn(f"{where}: grid (size {img.GetSize()}, spacing "
-                              f"{tuple(round(s, 3) for s in img.GetSpacing())}) differs from {REFERENCE_KEY}; "
-                              f"resampled onto the {REFERENCE_KEY} grid", GeometryWarning, stacklevel=3)
+                              f"{tuple(round(s, 3) for s in img.GetSpacing())}) differs from {ref_key}; "
+                              f"resampled onto the {ref_key} grid", GeometryWarning, stacklevel=3)
             if register:
-                progress(0.1 + 0.8 * done / n_moving, f"registering {key} to {REFERENCE_KEY}")
+                progress(0.1 + 0.8 * done / n_moving, f"registering {key} to {ref_key}")
                 from .registration import register_to_reference
                 img, transforms[key] = register_to_reference(img, reference, bspline=bspline)
                 done += 1
@@ -427,13 +437,13 @@ def case_from_images(images: Mapping[str, Any], name: str = "case", label: Any =
     raw = np.stack(raws)
     if normalise:
         stack = np.empty_like(raw)
-        for c, key in enumerate(SEQUENCE_KEYS):
+        for c, key in enumerate(keys):
             try:
                 stack[c] = normalise_sequence(raw[c], f"{key} ({files.get(key, 'in-memory image')})")
             except ValueError as e:
                 msg = str(e)
-                if "constant" in msg and key != REFERENCE_KEY:
-                    msg += f" on the {REFERENCE_KEY} grid"
+                if "constant" in msg and key != ref_key:
+                    msg += f" on the {ref_key} grid"
                 raise ValueError(msg) from None
     else:
         stack = raw
@@ -442,7 +452,8 @@ def case_from_images(images: Mapping[str, Any], name: str = "case", label: Any =
         lab = _label_array(as_image(label, LABEL_KEY), reference, files.get(LABEL_KEY, "in-memory image"))
     progress(1.0, "case read")
     return Case(name=name, image=stack, reference=reference, files=files,
-                raw=(raw if keep_raw else None) if normalise else raw, label=lab, transforms=transforms)
+                raw=(raw if keep_raw else None) if normalise else raw, label=lab, transforms=transforms,
+                channels=keys)
 
 
 load_case_arrays = case_from_images
@@ -488,7 +499,7 @@ def _label_array(image: sitk.Image, reference: sitk.Image, path: str) -> np.ndar
 
 
 def read_case(path: str, normalise: bool = True, register: bool = False, progress=None, *,
-              keep_raw: bool = True, orient: Optional[str] = None, bspline: bool = True) -> Case:
+              keep_raw: bool = True, orient: Optional[str] = None, bspline: bool = True, sequences=None) -> Case:
     """Read a case folder (or its ``case.json``) into a :class:`Case`.
 
     Sequences on another grid than T1_15min are resampled onto it (linear, with a
@@ -498,16 +509,18 @@ def read_case(path: str, normalise: bool = True, register: bool = False, progres
     stack.  ``progress(fraction, message)`` is called along the way.
     """
     progress = as_progress(progress)
-    name, files = case_files(path)
+    keys = tuple(sequences or SEQUENCE_KEYS)
+    name, files = case_files(path, keys)
     images = {}
-    for i, key in enumerate(SEQUENCE_KEYS):
-        progress(0.1 * i / len(SEQUENCE_KEYS), f"reading {key}")
+    for i, key in enumerate(keys):
+        progress(0.1 * i / len(keys), f"reading {key}")
         images[key] = read_image(files[key], key)
     label = None
     if LABEL_KEY in files:
         label = _read_label(files[LABEL_KEY])
     return case_from_images(images, name=name, label=label, normalise=normalise, register=register,
-                            progress=progress, files=files, keep_raw=keep_raw, orient=orient, bspline=bspline)
+                            progress=progress, files=files, keep_raw=keep_raw, orient=orient, bspline=bspline,
+                            sequences=keys)
 
 
 def _read_label(path: str) -> sitk.Image:

@@ -32,10 +32,12 @@ def _common(p: argparse.ArgumentParser, case: bool = True):
     if case:
         p.add_argument("case", help="case folder (files named by sequence key, or case.json)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default="bundled", help="'bundled' or a .safetensors file with its .json config")
+    p.add_argument("--model", default="bundled",
+                   help="'bundled', a .safetensors file with its .json config, or an nnU-Net v2 trained-model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
-                   help="sliding-window patch size (default: whole volume in one pass)")
+                   help="sliding-window patch size on the network grid (default: the model's patch; "
+                        "0 0 0: the whole volume in one window)")
     p.add_argument("--register", action="store_true", help="register every sequence to T1 15 min first")
 
 
@@ -55,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser, name: str):
     if name == "explain":
         p.add_argument("--region", default="tumor",
                        help="tumor | background (predicted), or a mask file on the case's grid")
-        p.add_argument("--class", dest="cls", default="tumor", choices=["tumor", "background"])
+        p.add_argument("--class", dest="cls", default="tumor",
+                       help="the class to explain, by name or index (default tumor)")
     if name == "analyze":
         p.add_argument("--seed", type=int, default=0, help="seed of the background region's random choice")
         p.add_argument("--background", default="random", choices=["random", "shell"],
@@ -63,10 +66,17 @@ def add_arguments(p: argparse.ArgumentParser, name: str):
         p.add_argument("--max-voxels", type=int, default=None, help="use at most this many voxels in T and in B")
 
 
-def _read(args):
+def _read(args, net):
     from .case_io import read_case
+    from .model_info import model_info
 
-    return read_case(args.case, register=args.register)
+    return read_case(args.case, register=args.register, sequences=model_info(net).channels)
+
+
+def _patch(args):
+    if not args.patch:
+        return None
+    return "whole" if tuple(args.patch) == (0, 0, 0) else tuple(args.patch)
 
 
 def _print_shares(summary: dict):
@@ -77,21 +87,24 @@ def _print_shares(summary: dict):
 def run(args) -> int:
     from . import pipeline
 
-    patch = tuple(args.patch) if args.patch else None
+    from .models import load_model
+
+    patch = _patch(args)
     if args.command == "demo":
         return run_demo(args)
     with progress_bar(args.command) as bar:
-        case = _read(args)
+        net = load_model(args.model)
+        case = _read(args, net)
         if args.command == "segment":
-            info = pipeline.segment_case(case, args.out, args.model, args.device, bar, patch_size=patch)
+            info = pipeline.segment_case(case, args.out, net, args.device, bar, patch_size=patch)
             print(f"{case.name}: {info['tumor_voxels']} tumor voxels ({info['tumor_volume_ml']:.1f} ml)"
                   + (f", Dice {info['dice']:.3f}" if "dice" in info else "") + f" -> {args.out}")
             return 0
         if args.command == "explain":
-            summary = pipeline.explain_case(case, args.out, args.model, args.region, args.cls, args.preset,
+            summary = pipeline.explain_case(case, args.out, net, args.region, args.cls, args.preset,
                                             args.device, patch, bar)
         else:
-            summary = pipeline.analyze_case(case, args.out, args.model, args.preset, args.device, args.seed,
+            summary = pipeline.analyze_case(case, args.out, net, args.preset, args.device, args.seed,
                                             args.background, args.max_voxels, patch, bar)
     print(f"{case.name}: {summary['title']} ({args.preset}) -> {args.out}")
     _print_shares(summary)

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from .device import run_with_cpu_fallback
-from .inference import crop, model_divisor, pad_image, plan_patches
+from .inference import plan_for
 from .lrp import LRP, as_lrp
+from .model_info import model_info
 from .presets import DEFAULT_PRESET
 from .progress import as_progress
-from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS, class_index
+from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
 
 DEFAULT_THRESHOLD = 1e-3
 
@@ -65,10 +66,13 @@ class SequenceRelevance:
     n_predicted_tumor: int      # all voxels predicted tumor
     tumor_region: np.ndarray = field(repr=False)
     background_region: np.ndarray = field(repr=False)
+    channels: tuple = SEQUENCE_KEYS      # the model's channel keys
+    display_names: tuple = DISPLAY_NAMES
+    lesion: str = "tumor"                # the class T was explained for
 
     def as_dict(self) -> dict:
-        return {"sequences": list(SEQUENCE_KEYS[: len(self.shares)]),
-                "display_names": list(DISPLAY_NAMES[: len(self.shares)]),
+        return {"sequences": list(self.channels), "display_names": list(self.display_names),
+                "lesion_class": self.lesion,
                 "relevance": [float(v) for v in self.shares], "positive": [float(v) for v in self.positive],
                 "negative": [float(v) for v in self.negative], "n_tumor": self.n_tumor,
                 "n_background": self.n_background, "n_excluded": self.n_excluded,
@@ -96,54 +100,66 @@ def _dtype(a: np.ndarray):
 
 
 class _Engine:
-    """Runs the LRP passes of one (C, D, H, W) image patch by patch (one patch when it fits)."""
+    """Runs the LRP passes of one (C, D, H, W) image window by window (one window when it fits).
+
+    Each window's input is gathered from the unpadded image (:meth:`PatchPlan.window_input`), so the
+    probe lives on the unpadded voxels: relevance on padded copies is folded back (Eq. 2 conserves
+    exactly on any volume size) and zero padding receives none.
+    """
 
     def __init__(self, model, image, preset, device, patch_size, overlap, bounds, progress):
         self.lrp = as_lrp(model, preset)
+        self.info = model_info(self.lrp.source)
         self.image, self.device, self.progress = image, device, progress
         self.dtype = _dtype(image)
-        self.plan = plan_patches(image.shape[1:], model_divisor(self.lrp.source), patch_size, overlap)
-        self.x = torch.from_numpy(np.ascontiguousarray(pad_image(image, self.plan.padded))).to(self.dtype)
-        if bounds is None:  # z^B bounds from the whole volume, not the patch
+        self.plan = plan_for(self.info, image.shape[1:], patch_size, overlap)
+        self.x = torch.from_numpy(np.ascontiguousarray(image)).to(self.dtype)
+        if bounds is None:  # z^B bounds from the whole volume, not the window
             flat = image.reshape(image.shape[0], -1)
             bounds = (flat.min(axis=1), flat.max(axis=1))
         self.bounds = bounds
         self._graph = None
 
-    def _patch(self, win):
-        return self.x[(slice(None),) + win][None].to(self.device)
+    def _box(self, win):
+        """The unpadded voxels a window reads (on the device) and the gather that builds its input."""
+        box = self.x[(slice(None),) + win.box][None].to(self.device)
+        return box, lambda t: self.plan.window_input(t[0], win)[None]
 
     def sums(self):
-        """Blended output ``y`` and per-voxel relevance sums ``S`` (K, D, H, W), both on the padded grid."""
+        """Blended output ``y`` and per-voxel relevance sums ``S`` (K, D, H, W), both on the original grid."""
         y_all = S_all = None
         n = len(self.plan.windows)
         for i, win in enumerate(self.plan.windows):
             self.progress(i / n, f"relevance sums, patch {i + 1}/{n}")
             keep = self.plan.single
-            y, S, s = self.lrp.forward_with_sums(self._patch(win), self.bounds, keep_graph=keep)
+            box, expand = self._box(win)
+            y, S, s = self.lrp.forward_with_sums(box, self.bounds, keep_graph=keep, expand=expand)
             if keep:
                 self._graph = (y, s)
             w = torch.from_numpy(self.plan.normalised_weight(win)).to(self.dtype)
             if y_all is None:
                 y_all = torch.zeros((y.shape[1],) + self.plan.padded, dtype=self.dtype)
                 S_all = torch.zeros_like(y_all)
-            y_all[(slice(None),) + win] += y.detach()[0].cpu() * w
-            S_all[(slice(None),) + win] += S[0].cpu() * w
-        return y_all, S_all
+            y_all[(slice(None),) + win.padded] += y.detach()[0].cpu() * w
+            S_all[(slice(None),) + win.padded] += S[0].cpu() * w
+        return self.plan.crop(y_all), self.plan.crop(S_all)
 
     def backward(self, out_weights: torch.Tensor) -> torch.Tensor:
-        """Input relevance (C, D, H, W) of output relevance ``out_weights * y`` (padded grid)."""
+        """Input relevance (C, D, H, W) of output relevance ``out_weights * y`` (both on the original grid)."""
+        out_weights = self.plan.uncrop(out_weights.to(self.dtype))
         M = torch.zeros_like(self.x)
-        todo = [win for win in self.plan.windows if bool(out_weights[(slice(None),) + win].any())]
+        todo = [win for win in self.plan.windows if bool(out_weights[(slice(None),) + win.padded].any())]
         for i, win in enumerate(todo):
             self.progress(i / max(len(todo), 1), f"relevance, patch {i + 1}/{len(todo)}")
-            g = out_weights[(slice(None),) + win] * torch.from_numpy(self.plan.normalised_weight(win)).to(self.dtype)
+            g = out_weights[(slice(None),) + win.padded] * torch.from_numpy(self.plan.normalised_weight(win)).to(
+                self.dtype)
             if self._graph is not None:
                 (y, s), self._graph = self._graph, None
             else:
-                y, s = self.lrp.forward(self._patch(win), self.bounds)
+                box, expand = self._box(win)
+                y, s = self.lrp.forward(box, self.bounds, expand=expand)
             (m,) = torch.autograd.grad(y, s, g[None].to(y))
-            M[(slice(None),) + win] += m[0].cpu()
+            M[(slice(None),) + win.box] += m[0].cpu()
         return M
 
 
@@ -176,30 +192,28 @@ def _run(model, image, preset, device, patch_size, overlap, bounds, progress, ca
 
 # ---- Eq. 1 -----------------------------------------------------------------------------------------------------
 def relevance(model, x, seed, preset=DEFAULT_PRESET, device="auto", bounds=None, patch_size=None,
-              overlap: float = 0.5):
+              overlap: Optional[float] = None):
     """Eq. 1: input relevance map ``M`` (same shape as ``x``) of the output relevance ``seed * y``.
 
     ``seed``: weights over the output (K, D, H, W) -- a one-hot seed explains one output neuron, whose
-    relevance is then the model output ``y^i_a`` -- or a tuple ``(class, z, y, x)`` for that one voxel.
-    Returns torch for torch input, numpy for numpy input.
+    relevance is then the model output ``y^i_a`` -- or a tuple ``(class, z, y, x)`` for that one voxel
+    (class by index or by the model's class name).  Returns torch for torch input, numpy for numpy input.
     """
     image, is_torch = _as_image(x)
 
     def work(eng):
-        K = None
+        K = eng.info.n_classes
         if isinstance(seed, tuple):
             cls, *idx = seed
-            K = getattr(getattr(eng.lrp.source, "config", None), "out_channels", 2)
-            w = torch.zeros((K,) + eng.plan.padded, dtype=eng.dtype)
-            w[(class_index(cls), *idx)] = 1.0
+            w = torch.zeros((K,) + image.shape[1:], dtype=eng.dtype)
+            w[(eng.info.class_index(cls), *idx)] = 1.0
         else:
             s = torch.as_tensor(np.asarray(seed.detach().cpu() if isinstance(seed, torch.Tensor) else seed))
             s = s[0] if s.dim() == 5 else s
-            if tuple(s.shape[1:]) != image.shape[1:]:
-                raise ValueError(f"seed shape {tuple(s.shape)} does not match the output grid {image.shape[1:]}")
-            w = torch.zeros((s.shape[0],) + eng.plan.padded, dtype=eng.dtype)
-            w[(slice(None),) + tuple(slice(0, n) for n in image.shape[1:])] = s.to(eng.dtype)
-        return crop(eng.backward(w), image.shape[1:])
+            if tuple(s.shape) != (K,) + image.shape[1:]:
+                raise ValueError(f"seed shape {tuple(s.shape)} does not match the output {(K,) + image.shape[1:]}")
+            w = s.to(eng.dtype)
+        return eng.backward(w)
 
     M = _run(model, image, preset, device, patch_size, overlap, bounds, None, None, work)
     if is_torch:
@@ -208,12 +222,57 @@ def relevance(model, x, seed, preset=DEFAULT_PRESET, device="auto", bounds=None,
 
 
 # ---- Eq. 2 -----------------------------------------------------------------------------------------------------
+def _normalised_seed(S: torch.Tensor, weights: torch.Tensor, threshold: float):
+    """Eq. 2's seed ``w_{c,a} / S_a^c`` over all classes and voxels with ``w != 0``; voxels whose ``S_a``
+    is (near) zero are left out.  Returns the seed and the number left out."""
+    seed = torch.zeros_like(S)
+    excluded = 0
+    for c in range(S.shape[0]):
+        sel = weights[c] != 0
+        if not bool(sel.any()):
+            continue
+        S_A = S[c][sel]
+        keep = _exclude(S_A, threshold)
+        excluded += int((~keep).sum())
+        seed[c][sel] = torch.where(keep, weights[c][sel] / torch.where(keep, S_A, torch.ones_like(S_A)),
+                                   torch.zeros_like(S_A))
+    return seed, excluded
+
+
+def weighted_region_relevance(model, x, weights, preset=DEFAULT_PRESET, device="auto",
+                              threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None,
+                              overlap: Optional[float] = None, progress=None, cancel=None, _with_output=False):
+    """Eq. 2 with a weight per class and voxel: ``M = sum_{c,a} w_{c,a} M_a^c / sum(M_a^c)``.
+
+    ``weights``: (K, D, H, W); a region A of class i is ``w = 1_A`` on channel i.  Exact, in one
+    forward(-mode) pass and one backward pass per window whatever the weights (LRP is linear in the
+    seeded relevance).  Returns ``(M, n_excluded, S)`` (and the blended output with ``_with_output``).
+    """
+    image, _ = _as_image(x)
+
+    def work(eng):
+        prog = eng.progress
+        eng.progress = prog.part(0.0, 0.5)
+        y, S = eng.sums()
+        w = torch.as_tensor(np.asarray(weights(y) if callable(weights) else weights)).to(eng.dtype)
+        if tuple(w.shape) != tuple(S.shape):
+            raise ValueError(f"weights of shape {tuple(w.shape)}; expected {tuple(S.shape)} (classes, D, H, W)")
+        seed, excluded = _normalised_seed(S, w, threshold)
+        eng.progress = prog.part(0.5, 1.0)
+        M = eng.backward(seed)
+        prog(1.0, "region relevance done")
+        out = (M.numpy(), excluded, S.numpy())
+        return out + (y.numpy(), w.numpy()) if _with_output else out
+
+    return _run(model, image, preset, device, patch_size, overlap, bounds, progress, cancel, work)
+
+
 def region_relevance(model, x, region, cls="tumor", preset=DEFAULT_PRESET, device="auto",
-                     threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None, overlap: float = 0.5,
-                     progress=None, cancel=None) -> RegionRelevance:
+                     threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None,
+                     overlap: Optional[float] = None, progress=None, cancel=None) -> RegionRelevance:
     """Eq. 2: ``M_A^i = sum_{a in A} M_a^i / sum(M_a^i)`` for region ``A`` (bool (D, H, W)) and class ``cls``.
 
-    Exact, in one forward(-mode) pass and one backward pass per patch.  Voxels whose relevance sum
+    Exact, in one forward(-mode) pass and one backward pass per window.  Voxels whose relevance sum
     ``S_a = sum(M_a^i)`` is not finite or ``|S_a| <= threshold * median_A |S_a|`` would dominate the
     normalised sum; they are left out and counted in ``n_excluded``.
     """
@@ -221,52 +280,37 @@ def region_relevance(model, x, region, cls="tumor", preset=DEFAULT_PRESET, devic
     mask = _region_mask(region, image.shape[1:])
     if not mask.any():
         raise ValueError("the region is empty")
-    c = class_index(cls)
+    c = model_info(getattr(model, "source", model)).class_index(cls)
 
-    def work(eng):
-        prog = eng.progress
-        eng.progress = prog.part(0.0, 0.5)
-        _, S = eng.sums()
-        S = crop(S, image.shape[1:])
-        S_A = S[c][torch.from_numpy(mask)]
-        keep = _exclude(S_A, threshold)
-        w = torch.zeros((S.shape[0],) + eng.plan.padded, dtype=eng.dtype)
-        wc = torch.zeros(image.shape[1:], dtype=eng.dtype)
-        wc[torch.from_numpy(mask)] = torch.where(keep, 1.0 / torch.where(keep, S_A, torch.ones_like(S_A)),
-                                                 torch.zeros_like(S_A))
-        w[c][tuple(slice(0, n) for n in image.shape[1:])] = wc
-        eng.progress = prog.part(0.5, 1.0)
-        M = crop(eng.backward(w), image.shape[1:])
-        prog(1.0, "region relevance done")
-        return RegionRelevance(M.numpy().astype(np.float32), c, int(mask.sum()), int((~keep).sum()),
-                               S_A.numpy())
+    def weights(y):
+        w = np.zeros(tuple(y.shape), dtype=np.float32)
+        w[c][mask] = 1.0
+        return w
 
-    return _run(model, image, preset, device, patch_size, overlap, bounds, progress, cancel, work)
+    M, excluded, S = weighted_region_relevance(model, image, weights, preset, device, threshold, bounds,
+                                               patch_size, overlap, progress, cancel)
+    return RegionRelevance(M.astype(np.float32), c, int(mask.sum()), excluded, S[c][mask])
 
 
 def region_relevance_loop(model, x, region, cls="tumor", preset=DEFAULT_PRESET, device="cpu",
-                          threshold: float = DEFAULT_THRESHOLD, bounds=None) -> RegionRelevance:
-    """Eq. 2 the slow way: one LRP backward pass per voxel of A (the test oracle and benchmark baseline)."""
+                          threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None) -> RegionRelevance:
+    """Eq. 2 the slow way: one Eq. 1 pass per voxel of A (the test oracle and benchmark baseline)."""
     image, _ = _as_image(x)
     mask = _region_mask(region, image.shape[1:])
-    c = class_index(cls)
     lrp = as_lrp(model, preset)
-    xt = torch.from_numpy(np.ascontiguousarray(image))[None].to(_dtype(image))
+    c = model_info(lrp.source).class_index(cls)
     if bounds is None:
         flat = image.reshape(image.shape[0], -1)
         bounds = (flat.min(axis=1), flat.max(axis=1))
-    maps, sums = [], []
-    for idx in zip(*np.nonzero(mask)):
-        y, s = lrp.forward(xt, bounds)
-        seed = torch.zeros_like(y)
-        seed[(0, c) + tuple(int(i) for i in idx)] = 1.0
-        (m,) = torch.autograd.grad(y, s, seed)
-        maps.append(m[0])
-        sums.append(m.sum())
-    S_A = torch.stack(sums)
+    maps = [relevance(lrp, image, (c, *map(int, idx)), device=device, bounds=bounds, patch_size=patch_size)
+            for idx in zip(*np.nonzero(mask))]
+    S_A = torch.tensor([float(m.sum()) for m in maps], dtype=torch.float64)
     keep = _exclude(S_A, threshold)
-    M = sum(m / s for m, s, k in zip(maps, S_A, keep) if k)
-    return RegionRelevance(M.numpy().astype(np.float32), c, int(mask.sum()), int((~keep).sum()), S_A.numpy())
+    M = np.zeros(image.shape, dtype=np.float64)
+    for m, s, k in zip(maps, S_A.tolist(), keep.tolist()):
+        if k:
+            M += m / s
+    return RegionRelevance(M.astype(np.float32), c, int(mask.sum()), int((~keep).sum()), S_A.numpy())
 
 
 # ---- Sec. 2.3 --------------------------------------------------------------------------------------------------
@@ -319,27 +363,28 @@ def choose_regions(pred_tumor: np.ndarray, seed: int = 0, background: str = "ran
 
 def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int = 0, background: str = "random",
                        max_voxels: Optional[int] = None, threshold: float = DEFAULT_THRESHOLD, bounds=None,
-                       patch_size=None, overlap: float = 0.5, progress=None, cancel=None,
+                       patch_size=None, overlap: Optional[float] = None, progress=None, cancel=None,
                        regions=None) -> SequenceRelevance:
     """Sec. 2.3: share of each sequence in ``M = M_B^0 + M_T^1`` (normalised to sum 1).
 
-    T: the predicted-tumor voxels (a seeded random subset of ``max_voxels`` if given, or if there are more
-    tumor than background voxels); B: as many predicted-background voxels (:func:`choose_background`).
-    ``regions=(T, B)`` gives both regions instead (e.g. the original model's, for a randomised model).
-    Both Eq. 2 maps come from one forward(-mode) pass and one backward pass (LRP is linear in the seed).
+    T: the voxels predicted as the model's lesion class (``tumor``; a seeded random subset of ``max_voxels``
+    if given, or if there are more T than other voxels), explained for that class; B: as many voxels
+    predicted as any other class (:func:`choose_background`), each explained for its predicted class
+    (class 0, background, for the paper's two-class model).  ``regions=(T, B)`` gives both regions
+    instead (e.g. the original model's, for a randomised model).  Both Eq. 2 maps come from one
+    forward(-mode) pass and one backward pass (LRP is linear in the seed).
     """
     image, _ = _as_image(x)
     spatial = image.shape[1:]
+    lrp = as_lrp(model, preset)
+    info = model_info(lrp.source)
+    lesion = info.lesion_index
+    chosen = {}
 
-    def work(eng):
-        eng.lrp._ensure(eng._patch(eng.plan.windows[0]))
-        eng.lrp.check_sequence_relevance()
-        prog = eng.progress
-        eng.progress = prog.part(0.0, 0.5)
-        y, S = eng.sums()
-        y, S = crop(y, spatial), crop(S, spatial)
-        pred_tumor = (y[1] > y[0]).numpy()
-        n_pred = int(pred_tumor.sum())
+    def weights(y):
+        lrp.check_sequence_relevance()
+        pred = y.argmax(dim=0).numpy()
+        pred_tumor = pred == lesion
         if regions is not None:
             tumor, back = (_region_mask(r, spatial) for r in regions)
             n = int(tumor.sum())
@@ -348,32 +393,28 @@ def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int
                                  f"{int(back.sum())} voxels")
         else:
             tumor, back = choose_regions(pred_tumor, seed, background, max_voxels)
-            n = int(tumor.sum())
-        w = torch.zeros((S.shape[0],) + eng.plan.padded, dtype=eng.dtype)
-        excluded = 0
-        for cls, region in ((0, back), (1, tumor)):
-            r = torch.from_numpy(region)
-            S_A = S[cls][r]
-            keep = _exclude(S_A, threshold)
-            excluded += int((~keep).sum())
-            wc = torch.zeros(spatial, dtype=eng.dtype)
-            wc[r] = torch.where(keep, 1.0 / torch.where(keep, S_A, torch.ones_like(S_A)), torch.zeros_like(S_A))
-            w[cls][tuple(slice(0, k) for k in spatial)] = wc
-        eng.progress = prog.part(0.5, 1.0)
-        M = crop(eng.backward(w), spatial).numpy()
-        prog(1.0, "sequence relevance done")
-        flat = M.reshape(M.shape[0], -1)
-        total = float(flat.sum())
-        if not np.isfinite(total) or abs(total) < 1e-12:
-            raise ValueError("the relevance map sums to zero; sequence shares are undefined")
-        pos = np.clip(flat, 0, None).sum(axis=1) / total
-        neg = np.clip(flat, None, 0).sum(axis=1) / total
-        return SequenceRelevance(flat.sum(axis=1) / total, pos, neg, M.astype(np.float32), n, n, excluded, n_pred,
-                                 tumor, back)
+        chosen.update(tumor=tumor, back=back, n_pred=int(pred_tumor.sum()))
+        w = np.zeros(tuple(y.shape), dtype=np.float32)
+        w[lesion][tumor] = 1.0
+        back_cls = np.where(pred == lesion, 0 if lesion != 0 else 1, pred)  # given B: a non-lesion class
+        for c in np.unique(back_cls[back]):
+            w[c][back & (back_cls == c)] = 1.0
+        return w
 
-    return _run(model, image, preset, device, patch_size, overlap, bounds, progress, cancel, work)
+    M, excluded, _ = weighted_region_relevance(lrp, image, weights, preset, device, threshold, bounds, patch_size,
+                                               overlap, progress, cancel)
+    flat = M.reshape(M.shape[0], -1)
+    total = float(flat.sum())
+    if not np.isfinite(total) or abs(total) < 1e-12:
+        raise ValueError("the relevance map sums to zero; sequence shares are undefined")
+    pos = np.clip(flat, 0, None).sum(axis=1) / total
+    neg = np.clip(flat, None, 0).sum(axis=1) / total
+    n = int(chosen["tumor"].sum())
+    return SequenceRelevance(flat.sum(axis=1) / total, pos, neg, M.astype(np.float32), n, n, excluded,
+                             chosen["n_pred"], chosen["tumor"], chosen["back"], info.channels,
+                             info.display_names, info.classes[lesion])
 
 
-__all__ = ["relevance", "region_relevance", "region_relevance_loop", "sequence_relevance", "choose_background",
+__all__ = ["relevance", "region_relevance", "region_relevance_loop", "weighted_region_relevance", "sequence_relevance", "choose_background",
            "choose_regions",
            "RegionRelevance", "SequenceRelevance", "LRP"]

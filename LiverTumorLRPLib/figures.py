@@ -53,18 +53,20 @@ def relevance_cmap():
 
 
 def bar_chart(shares: Sequence[float], path: str, title: str = "Sequence relevance",
-              positive: Optional[Sequence[float]] = None, negative: Optional[Sequence[float]] = None) -> str:
+              positive: Optional[Sequence[float]] = None, negative: Optional[Sequence[float]] = None,
+              names: Optional[Sequence[str]] = None) -> str:
     """Normalised relevance per sequence (sums to 1), optionally with positive/negative mass."""
+    names = list(names or DISPLAY_NAMES)[: len(shares)]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     x = np.arange(len(shares))
-    ax.bar(x, shares, color=SEQUENCE_COLOURS[: len(shares)], label="net share")
+    ax.bar(x, shares, color=[SEQUENCE_COLOURS[i % len(SEQUENCE_COLOURS)] for i in x], label="net share")
     if positive is not None and negative is not None:
         ax.scatter(x, positive, marker="^", color="k", s=18, label="positive mass", zorder=3)
         ax.scatter(x, negative, marker="v", color="grey", s=18, label="negative mass", zorder=3)
         ax.legend(fontsize=8, loc="best")
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(x, DISPLAY_NAMES[: len(shares)], rotation=20)
+    ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("normalised relevance")
     ax.set_title(title)
     for xi, v in zip(x, shares):
@@ -79,9 +81,10 @@ def most_relevant_slices(maps: np.ndarray, k: int = 3) -> list[int]:
 
 
 def overlay_slice(image: np.ndarray, maps: np.ndarray, z: int, path: str, tumor: Optional[np.ndarray] = None,
-                  region: Optional[np.ndarray] = None, title: str = "") -> str:
-    """One axial slice: six panels (sequence in grey, its relevance overlaid, tumor outline) and a colour bar."""
+                  region: Optional[np.ndarray] = None, title: str = "", names: Optional[Sequence[str]] = None) -> str:
+    """One axial slice: a panel per sequence (grey, its relevance overlaid, tumor outline) and a colour bar."""
     plt = _plt()
+    names = list(names or DISPLAY_NAMES)
     n = maps.shape[0]
     vmax = display_max(maps[:, z])
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n + 0.8, 2.6), dpi=100)
@@ -94,7 +97,7 @@ def overlay_slice(image: np.ndarray, maps: np.ndarray, z: int, path: str, tumor:
             ax.contour(tumor[z].astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
         if region is not None and region[z].any():
             ax.contour(region[z].astype(float), levels=[0.5], colors="lime", linewidths=0.6, linestyles="dashed")
-        ax.set_title(f"{DISPLAY_NAMES[c]}\n{maps[c].sum() / maps.sum():+.2f}" if maps.sum() else DISPLAY_NAMES[c],
+        ax.set_title(f"{names[c]}\n{maps[c].sum() / maps.sum():+.2f}" if maps.sum() else names[c],
                      fontsize=8)
         ax.axis("off")
     fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="relevance")

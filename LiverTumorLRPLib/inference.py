@@ -1,10 +1,15 @@
-"""Sliding-window inference: volumes larger than one patch.
+"""Sliding-window inference: volumes larger than one patch, exactly as the explanations see them.
 
-The volume is padded (edge values) to a size the u-net accepts, cut into
-overlapping patches, and the patch *logits* are blended with normalised weights
-``w_p(v) / sum_q w_q(v)`` (Gaussian by default, as nnU-Net).  Softmax comes after
-blending.  Explanations (:mod:`.explain`) assemble relevance with the same weights,
-so they explain exactly this prediction; memory is bounded by the patch size.
+A :class:`PatchPlan` pads the volume (centred, to the model's per-axis strides, or to the patch as
+nnU-Net does), cuts it into patch-sized windows at nnU-Net's evenly spread steps, and blends the patch
+*logits* with normalised Gaussian weights ``w_p(v) / sum_q w_q(v)`` (nnU-Net's ``compute_gaussian``:
+sigma = patch / 8).  Softmax comes after blending.  Padding is ``edge`` (border voxels copied) or
+``zero`` (nnU-Net), from :class:`~.model_info.ModelInfo`.
+
+Every window's input is built by :meth:`PatchPlan.window_input` from the *unpadded* image, as a
+differentiable gather: explanations (:mod:`.explain`) propagate relevance through the same operation,
+so relevance that reaches a padded copy of a border voxel is folded back onto that voxel (the adjoint
+of the padding) and zero padding receives none.  Memory is bounded by the patch, not the volume.
 """
 from __future__ import annotations
 
@@ -17,73 +22,152 @@ import numpy as np
 import torch
 
 from .device import resolve_device, run_with_cpu_fallback
+from .model_info import ModelInfo, model_info
 from .progress import as_progress
+
+
+@dataclass
+class Window:
+    """One window: where it lies in the padded volume and how its input is gathered from the image."""
+
+    padded: tuple           # slices into the padded volume
+    box: tuple              # slices into the unpadded volume: the voxels the window reads
+    index: tuple            # per axis: LongTensor of positions inside ``box``, or None (a plain slice)
+    valid: Optional[torch.Tensor]  # (1, d, h, w) 1/0 mask of voxels inside the image (zero padding), or None
 
 
 @dataclass
 class PatchPlan:
     shape: tuple            # original spatial shape (D, H, W)
     padded: tuple           # padded spatial shape
-    windows: list           # tuples of slices into the padded volume
+    offset: tuple           # voxels padded before each axis
+    patch: tuple            # window shape
+    windows: list           # list of Window
     weight: np.ndarray      # blending weight of one patch (patch shape)
     norm: np.ndarray        # sum of the weights over all windows (padded shape)
+    padding: str = "edge"
 
     @property
     def single(self) -> bool:
         return len(self.windows) == 1
 
-    def normalised_weight(self, window) -> np.ndarray:
+    def normalised_weight(self, window: Window) -> np.ndarray:
         """``w_p / sum_q w_q`` on one window."""
-        return self.weight / self.norm[window]
+        return self.weight / self.norm[window.padded]
+
+    def crop(self, volume):
+        """The original voxels of a padded (..., D', H', W') volume."""
+        return volume[(Ellipsis,) + tuple(slice(o, o + s) for o, s in zip(self.offset, self.shape))]
+
+    def uncrop(self, volume, fill=0):
+        """A volume on the original grid placed into the padded grid (``fill`` elsewhere)."""
+        is_torch = isinstance(volume, torch.Tensor)
+        shape = tuple(volume.shape[:-3]) + self.padded
+        out = torch.full(shape, fill, dtype=volume.dtype) if is_torch else np.full(shape, fill, volume.dtype)
+        out[(Ellipsis,) + tuple(slice(o, o + s) for o, s in zip(self.offset, self.shape))] = volume
+        return out
+
+    def window_input(self, image: torch.Tensor, window: Window) -> torch.Tensor:
+        """The window's (C, d, h, w) input gathered from an unpadded (C, D, H, W) tensor ``image`` of
+        ``window.box`` (or of the whole volume); differentiable, so its adjoint folds relevance back."""
+        if tuple(image.shape[1:]) == self.shape:
+            image = image[(slice(None),) + window.box]
+        out = image
+        for axis, idx in enumerate(window.index):
+            if idx is not None:
+                out = out.index_select(axis + 1, idx.to(out.device))
+        if window.valid is not None:
+            out = out * window.valid.to(out)
+        return out
 
 
-def model_divisor(model) -> int:
-    """Spatial sizes the network accepts are multiples of this (``2**depth`` for our u-net)."""
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "divisor"):
-        return int(cfg.divisor)
-    return int(getattr(model, "size_divisor", 16))
+def model_divisor(model) -> tuple:
+    """Per-axis strides (z, y, x) of a network: every input size must be a multiple of them."""
+    return model_info(model).strides
 
 
-def _gaussian(patch: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
-    grids = [np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / max(n * sigma_scale, 1e-6)) ** 2) for n in patch]
-    w = grids[0][:, None, None] * grids[1][None, :, None] * grids[2][None, None, :]
-    w = w / w.max()
-    return np.maximum(w, 1e-3).astype(np.float64)
+def nnunet_steps(size: int, patch: int, tile_step: float) -> list[int]:
+    """Window starts along one axis, as nnU-Net's ``compute_steps_for_sliding_window``."""
+    if size <= patch:
+        return [0]
+    n = int(math.ceil((size - patch) / (patch * tile_step))) + 1
+    step = (size - patch) / (n - 1)
+    return [int(round(step * i)) for i in range(n)]
 
 
-def plan_patches(shape, divisor: int = 8, patch_size: Optional[Sequence[int]] = None, overlap: float = 0.5,
-                 blend: str = "gaussian") -> PatchPlan:
-    """Windows covering ``shape``; a single window when ``patch_size`` is None or covers the volume."""
+def gaussian_weight(patch: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """nnU-Net's ``compute_gaussian``: a Gaussian (sigma = patch * sigma_scale) centred at ``patch // 2``,
+    scaled to max 1, zeros replaced by the smallest non-zero value."""
+    from scipy.ndimage import gaussian_filter
+
+    tmp = np.zeros(patch, dtype=np.float64)
+    tmp[tuple(p // 2 for p in patch)] = 1.0
+    g = gaussian_filter(tmp, [p * sigma_scale for p in patch], 0, mode="constant", cval=0)
+    g = g / g.max()
+    if (g == 0).any():
+        g[g == 0] = g[g > 0].min()
+    return g
+
+
+def _axis_source(start: int, length: int, offset: int, n: int, padding: str):
+    """Source positions of padded coordinates ``start..start+length`` along an axis of ``n`` voxels."""
+    src = np.arange(start, start + length) - offset
+    inside = (src >= 0) & (src < n)
+    clamped = np.clip(src, 0, n - 1)
+    lo, hi = int(clamped.min()), int(clamped.max()) + 1
+    if inside.all():
+        return slice(lo, hi), None, None
+    if padding == "edge":
+        return slice(lo, hi), torch.from_numpy(clamped - lo), None
+    return slice(lo, hi), torch.from_numpy(clamped - lo), inside
+
+
+def plan_patches(shape, strides=8, patch_size=None, overlap: float = 0.5, padding: str = "edge",
+                 pad_to_patch: bool = False, blend: str = "gaussian") -> PatchPlan:
+    """Windows covering ``shape`` (D, H, W).
+
+    ``strides``: per axis (or one number); ``patch_size`` None: one window of the volume padded to the
+    strides; else windows of the patch (shrunk to the padded volume along axes where it is smaller,
+    unless ``pad_to_patch``, as nnU-Net) at nnU-Net's steps with step ``patch * (1 - overlap)``.
+    """
     shape = tuple(int(s) for s in shape)
-    fitted = tuple(int(math.ceil(s / divisor) * divisor) for s in shape)
-    if patch_size is None or all(p >= f for p, f in zip(patch_size, fitted)):
-        weight = np.ones(fitted)
-        return PatchPlan(shape, fitted, [tuple(slice(0, f) for f in fitted)], weight, weight.copy())
-    patch = tuple(int(p) for p in patch_size)
-    if any(p % divisor for p in patch):
-        raise ValueError(f"patch size {patch} must be a multiple of {divisor} in every dimension")
+    strides = tuple(int(s) for s in (strides if not isinstance(strides, int) else (strides,) * 3))
     if not 0 <= overlap < 1:
         raise ValueError("overlap must be in [0, 1)")
-    patch = tuple(min(p, f) for p, f in zip(patch, fitted))
-    padded = tuple(max(f, p) for f, p in zip(fitted, patch))
-    starts = []
-    for n, p in zip(padded, patch):
-        step = max(1, int(round(p * (1 - overlap))))
-        count = max(1, int(math.ceil((n - p) / step)) + 1)
-        starts.append(sorted({min(i * step, n - p) for i in range(count)}))
-    windows = [tuple(slice(s, s + p) for s, p in zip(st, patch)) for st in itertools.product(*starts)]
-    weight = _gaussian(patch) if blend == "gaussian" else np.ones(patch)
-    norm = np.zeros(padded)
-    for w in windows:
-        norm[w] += weight
-    return PatchPlan(shape, padded, windows, weight, norm)
+    fitted = tuple(int(math.ceil(s / k) * k) for s, k in zip(shape, strides))
+    if patch_size is None:
+        patch = fitted
+    else:
+        patch = tuple(int(p) for p in patch_size)
+        if len(patch) != 3 or any(p % k for p, k in zip(patch, strides)):
+            raise ValueError(f"patch size {patch} must be a multiple of the model's strides {strides} per axis")
+        if not pad_to_patch:
+            patch = tuple(min(p, f) for p, f in zip(patch, fitted))
+    padded = tuple(max(s, p) for s, p in zip(shape, patch))
+    offset = tuple((p - s) // 2 for p, s in zip(padded, shape))
+    starts = [nnunet_steps(n, p, 1.0 - overlap) for n, p in zip(padded, patch)]
+    single = all(len(s) == 1 for s in starts)
+    weight = gaussian_weight(patch) if blend == "gaussian" and not single else np.ones(patch)
+    windows, norm = [], np.zeros(padded)
+    for st in itertools.product(*starts):
+        pad_sl = tuple(slice(s, s + p) for s, p in zip(st, patch))
+        parts = [_axis_source(s, p, o, n, padding) for s, p, o, n in zip(st, patch, offset, shape)]
+        valid = None
+        if any(m is not None for _, _, m in parts):
+            masks = [torch.from_numpy(m if m is not None else np.ones(p, bool)) for (_, _, m), p in zip(parts, patch)]
+            valid = (masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :])[None].float()
+        windows.append(Window(pad_sl, tuple(b for b, _, _ in parts), tuple(i for _, i, _ in parts), valid))
+        norm[pad_sl] += weight
+    return PatchPlan(shape, padded, offset, patch, windows, weight, norm, padding)
 
 
-def pad_image(image: np.ndarray, padded) -> np.ndarray:
-    """Pad a (C, D, H, W) stack at the far end with edge values to the padded spatial shape."""
-    pad = [(0, 0)] + [(0, p - s) for s, p in zip(image.shape[1:], padded)]
-    return np.pad(image, pad, mode="edge") if any(b for _, b in pad) else image
+def plan_for(model, shape, patch_size=None, overlap: Optional[float] = None) -> PatchPlan:
+    """The plan a model's :class:`ModelInfo` asks for; ``patch_size`` overrides the model's patch
+    (``"whole"``: the whole volume in one window)."""
+    info = model if isinstance(model, ModelInfo) else model_info(model)
+    patch = info.patch_size if patch_size is None else (None if patch_size == "whole" else patch_size)
+    step = 1.0 - info.tile_step if overlap is None else overlap
+    return plan_patches(shape, info.strides, patch, step, info.padding, info.pad_to_patch and patch is not None)
 
 
 def crop(volume, shape):
@@ -100,35 +184,42 @@ def check_image(image: np.ndarray, channels: int = 6) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_logits(model, image: np.ndarray, device="auto", patch_size=None, overlap: float = 0.5,
+def predict_logits(model, image: np.ndarray, device="auto", patch_size=None, overlap: Optional[float] = None,
                    progress=None, cancel=None) -> np.ndarray:
-    """Blended class logits (K, D, H, W) of a normalised (C, D, H, W) stack."""
-    image = check_image(image, getattr(getattr(model, "config", None), "in_channels", 6))
+    """Blended class logits (K, D, H, W) of a normalised (C, D, H, W) stack on the network grid."""
+    info = model_info(model)
+    image = check_image(image, info.n_channels)
     prog = as_progress(progress, cancel)
 
     def run(dev):
         net = model.to(dev).eval()
-        plan = plan_patches(image.shape[1:], model_divisor(model), patch_size, overlap)
-        x = torch.from_numpy(np.ascontiguousarray(pad_image(image, plan.padded), dtype=np.float32))
+        plan = plan_for(info, image.shape[1:], patch_size, overlap)
+        p = next(net.parameters(), None)
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(p.dtype if p is not None else torch.float32)
         out = None
         for i, win in enumerate(plan.windows):
             prog(i / len(plan.windows), f"segmenting patch {i + 1}/{len(plan.windows)}")
-            y = net(x[(slice(None),) + win][None].to(dev))[0].float().cpu().numpy()
+            y = net(plan.window_input(x, win)[None].to(dev))[0].float().cpu().numpy()
             if out is None:
                 out = np.zeros((y.shape[0],) + plan.padded, dtype=np.float32)
-            out[(slice(None),) + win] += y * plan.normalised_weight(win)
+            out[(slice(None),) + win.padded] += y * plan.normalised_weight(win)
         prog(1.0, "segmentation done")
-        return crop(out, plan.shape)
+        return plan.crop(out)
 
     return run_with_cpu_fallback(run, device)
 
 
-def predict(model, image: np.ndarray, device="auto", patch_size=None, overlap: float = 0.5, progress=None,
-            cancel=None) -> np.ndarray:
-    """Tumor probability (D, H, W) float32: softmax of the blended logits, class 1."""
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the class axis (K, ...) as float32."""
+    return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=0).numpy()
+
+
+def predict(model, image: np.ndarray, device="auto", patch_size=None, overlap: Optional[float] = None,
+            progress=None, cancel=None) -> np.ndarray:
+    """Lesion probability (D, H, W) float32: softmax of the blended logits, the model's lesion class."""
     logits = predict_logits(model, image, device, patch_size, overlap, progress, cancel)
-    return torch.softmax(torch.from_numpy(logits), dim=0)[1].numpy().astype(np.float32)
+    return probabilities(logits)[model_info(model).lesion_index].astype(np.float32)
 
 
-__all__ = ["PatchPlan", "plan_patches", "predict", "predict_logits", "pad_image", "crop", "resolve_device",
-           "model_divisor"]
+__all__ = ["PatchPlan", "Window", "plan_patches", "plan_for", "predict", "predict_logits", "probabilities", "crop",
+           "resolve_device", "model_divisor", "gaussian_weight", "nnunet_steps"]

@@ -74,7 +74,7 @@ _ALLOWED_FUNCTIONS = {
     "interpolate", "upsample", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
     "upsample_linear1d", "upsample_bilinear2d", "upsample_trilinear3d",
     "pad", "_pad", "constant_pad_nd", "replication_pad1d", "replication_pad2d", "replication_pad3d",
-    "__getitem__", "narrow", "split", "chunk", "unbind", "select",
+    "__getitem__", "narrow", "index_select", "split", "chunk", "unbind", "select",
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "contiguous",
     "clone", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "movedim",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "alpha_dropout",
@@ -419,43 +419,50 @@ class LRP:
         low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device).reshape(-1) for b in bounds)
         return low, high
 
-    def _forward(self, x, probe, bounds, layer_sums=None):
+    def _forward(self, x, probe, bounds, layer_sums=None, expand=None):
+        """The modified network on ``expand(x * probe)``; ``expand`` (default: identity) builds the network
+        input from ``x``, e.g. a padded sliding window gathered from the unpadded volume, so the probe's
+        derivative folds relevance that reaches padding back onto the voxels it copies."""
         st = self.state
-        st.probe = probe
+        expand = expand or (lambda t: t)
+        st.probe = expand(probe)
         st.low, st.high = self._bounds(x, bounds)
         st.layer_sums = layer_sums
+        inp = expand(x * probe)
         try:
             with _Guard(st):
-                return self.model(x * probe)
+                return self.model(inp)
         finally:
             st.probe = st.low = st.high = None
             st.layer_sums = None
 
-    def forward(self, x: torch.Tensor, bounds=None, layer_sums=None):
+    def forward(self, x: torch.Tensor, bounds=None, layer_sums=None, expand=None):
         """Modified forward: ``(y, s)``; ``y`` equals the network output, ``d y / d s`` is LRP."""
-        self._ensure(x)
+        x = x.detach()
+        self._ensure(expand(x) if expand else x)
         s = torch.ones_like(x, requires_grad=True)
-        return self._forward(x.detach(), s, bounds, layer_sums), s
+        return self._forward(x, s, bounds, layer_sums, expand), s
 
-    def forward_with_sums(self, x: torch.Tensor, bounds=None, keep_graph: bool = True):
+    def forward_with_sums(self, x: torch.Tensor, bounds=None, keep_graph: bool = True, expand=None):
         """``(y, S, s)``: output, per-output relevance sums ``S = sum(M_a)`` for every output neuron (jvp), and
         the probe for a following backward pass (only when ``keep_graph``)."""
-        self._ensure(x)
+        x = x.detach()
+        self._ensure(expand(x) if expand else x)
         s = torch.ones_like(x, requires_grad=keep_graph)
         with contextlib.ExitStack() as stack:
             if not keep_graph:
                 stack.enter_context(torch.no_grad())
             with fwAD.dual_level():
-                y_dual = self._forward(x.detach(), fwAD.make_dual(s, torch.ones_like(x)), bounds)
+                y_dual = self._forward(x, fwAD.make_dual(s, torch.ones_like(x)), bounds, None, expand)
                 y, S = fwAD.unpack_dual(y_dual)
         if S is None:
             raise LRPError("the output does not depend on the input")
         return y, S.detach(), s
 
-    def relevance(self, x: torch.Tensor, seed: torch.Tensor, bounds=None, layer_sums: bool = False):
+    def relevance(self, x: torch.Tensor, seed: torch.Tensor, bounds=None, layer_sums: bool = False, expand=None):
         """Eq. 1: input relevance of output relevance ``seed * y`` (``seed`` one-hot: one output neuron)."""
         sums = {} if layer_sums else None
-        y, s = self.forward(x, bounds, sums)
+        y, s = self.forward(x, bounds, sums, expand)
         (m,) = torch.autograd.grad(y, s, seed.to(y))
         return (m, sums) if layer_sums else m
 

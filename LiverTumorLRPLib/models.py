@@ -1,13 +1,17 @@
-"""Loading segmentation models: the bundled u-net, our u-net from a file, or a MONAI network.
+"""Loading segmentation models: the bundled u-net, our u-net or a MONAI network from files, nnU-Net folders.
 
-A model is a safetensors weights file with a JSON config beside it (same name, ``.json``):
+A model file is safetensors weights with a JSON config beside it (same name, ``.json``):
 
 * our u-net: the fields of :class:`~LiverTumorLRPLib.unet.UNetConfig` (``"architecture": "UNet3D"``);
 * MONAI (optional dependency): ``{"architecture": "monai.BasicUNet" | "monai.UNet" | "monai.DynUNet",
-  "kwargs": {...keyword arguments of the class...}, "size_divisor": 16}``.
+  "kwargs": {...keyword arguments of the class...}}``.
 
-Inputs are always the six sequences in channel order, outputs two class logits
-(background, tumor).  Weights are never unpickled.
+Both may give what the library needs to know (:class:`~.model_info.ModelInfo`): ``"sequences"`` (channel
+keys in order; default the paper's six), ``"classes"`` (default background, tumor), ``"lesion"``,
+``"strides"`` (per axis; ``"size_divisor"`` is one number for all), ``"patch_size"``, ``"spacing"`` (z, y, x
+mm the model was trained at) and ``"padding"``.  A folder is an nnU-Net v2 trained model
+(:mod:`.nnunet`).  Weights are never unpickled: ``.pt``/``.pth`` files are refused by name.  Every bad
+file gets one ``ValueError``/``FileNotFoundError`` line naming it.
 """
 from __future__ import annotations
 
@@ -18,11 +22,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .unet import UNet3D, UNetConfig, load_unet, read_config
+from .model_info import ModelInfo, model_info
+from .sequences import CLASS_NAMES, SEQUENCE_KEYS
+from .unet import UNet3D, UNetConfig
 
 RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
 BUNDLED_MODEL = RESOURCES / "Models" / "liver_tumor_unet.safetensors"
 MONAI_NETWORKS = ("BasicUNet", "UNet", "DynUNet")
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
+INFO_KEYS = ("sequences", "classes", "lesion", "strides", "size_divisor", "patch_size", "spacing", "padding")
+
+
+class ModelFileError(ValueError):
+    """A model file or folder that cannot be used; the message names it."""
 
 
 def bundled_model_path() -> Path:
@@ -30,27 +42,73 @@ def bundled_model_path() -> Path:
     return Path(os.environ.get("LIVER_LRP_MODEL", BUNDLED_MODEL))
 
 
-def build_model(config: dict) -> nn.Module:
-    """An untrained network from a config dict."""
+def info_from_config(config: dict, where: str = "config") -> ModelInfo:
+    """The :class:`ModelInfo` a config describes (channels and classes checked against the network's)."""
+    kwargs = config.get("kwargs", {}) if config.get("architecture", "UNet3D") != "UNet3D" else config
+    channels = tuple(config.get("sequences") or SEQUENCE_KEYS)
+    classes = tuple(config.get("classes") or CLASS_NAMES)
+    n_in, n_out = kwargs.get("in_channels", len(channels)), kwargs.get("out_channels", len(classes))
+    if n_in != len(channels):
+        raise ModelFileError(f"{where}: the network takes {n_in} input channels but {len(channels)} sequences are "
+                             f"named ({', '.join(channels)}); list one name per channel in \"sequences\"")
+    if n_out != len(classes):
+        raise ModelFileError(f"{where}: the network gives {n_out} classes but {len(classes)} are named "
+                             f"({', '.join(classes)}); list one name per class in \"classes\"")
+    kw = {"channels": channels, "classes": classes, "source": where}
+    if "lesion" in config:
+        kw["lesion"] = config["lesion"]
+    elif "tumor" not in [c.lower() for c in classes]:
+        kw["lesion"] = classes[-1]
+    for key in ("patch_size", "spacing", "padding"):
+        if config.get(key) is not None:
+            kw[key] = config[key]
+    if config.get("strides") is not None:
+        kw["strides"] = config["strides"]
+    elif config.get("size_divisor") is not None:
+        kw["strides"] = config["size_divisor"]
+    try:
+        info = ModelInfo(**kw)
+        info.lesion_index
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+    return info
+
+
+def build_model(config: dict, where: str = "config") -> nn.Module:
+    """An untrained network from a config dict, carrying its :class:`ModelInfo` as ``model_info``."""
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{where}: the config must be a JSON object, got {type(config).__name__}")
     arch = config.get("architecture", "UNet3D")
     if arch == "UNet3D":
-        return UNet3D(UNetConfig(**{k: config[k] for k in UNetConfig.__dataclass_fields__ if k in config}))
-    name = arch.split(".", 1)[1] if arch.startswith("monai.") else arch
-    if name not in MONAI_NETWORKS:
-        raise ValueError(f"unknown architecture {arch!r}; use UNet3D or monai.{{{', '.join(MONAI_NETWORKS)}}}")
-    try:
-        from monai.networks import nets
-    except ImportError:
-        raise ValueError(f"architecture {arch!r} needs MONAI: pip install monai") from None
-    kwargs = dict(config.get("kwargs", {}))
-    kwargs.setdefault("spatial_dims", 3)
-    kwargs.setdefault("in_channels", 6)
-    kwargs.setdefault("out_channels", 2)
-    if (kwargs["in_channels"], kwargs["out_channels"]) != (6, 2):
-        raise ValueError(f"{arch}: the model must take 6 sequences and give 2 classes, not "
-                         f"{kwargs['in_channels']} -> {kwargs['out_channels']}")
-    model = getattr(nets, name)(**kwargs)
-    model.size_divisor = int(config.get("size_divisor", 16))
+        fields = {k: config[k] for k in UNetConfig.__dataclass_fields__ if k in config}
+        try:
+            model = UNet3D(UNetConfig(**fields))
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"{where}: {exc}") from None
+        base = model_info(model)
+        info = info_from_config({**config, "in_channels": model.config.in_channels,
+                                 "out_channels": model.config.out_channels, "strides": base.strides}, where)
+    else:
+        name = arch.split(".", 1)[1] if arch.startswith("monai.") else arch
+        if name not in MONAI_NETWORKS:
+            raise ModelFileError(f"{where}: unknown architecture {arch!r}; use UNet3D or "
+                                 f"monai.{{{', '.join(MONAI_NETWORKS)}}}")
+        try:
+            from monai.networks import nets
+        except ImportError:
+            raise ModelFileError(f"{where}: architecture {arch!r} needs MONAI: pip install monai") from None
+        kwargs = dict(config.get("kwargs", {}))
+        kwargs.setdefault("spatial_dims", 3)
+        kwargs.setdefault("in_channels", len(config.get("sequences") or SEQUENCE_KEYS))
+        kwargs.setdefault("out_channels", len(config.get("classes") or CLASS_NAMES))
+        info = info_from_config({**config, "kwargs": kwargs}, where)
+        try:
+            model = getattr(nets, name)(**kwargs)
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise ModelFileError(f"{where}: cannot build {arch} from its kwargs ({exc})") from None
+        if config.get("strides") is None and config.get("size_divisor") is None:
+            info = info.with_(strides=model_info(model).strides)
+    model.model_info = info
     return model
 
 
@@ -70,34 +128,100 @@ def save_model_file(model: nn.Module, path, config: dict) -> Path:
     return path
 
 
+def _model_paths(spec) -> tuple[Path, Path]:
+    """(weights, config) of a model file given as either; refuses pickles by name."""
+    path = Path(spec)
+    low = path.name.lower()
+    if low.endswith(PICKLE_SUFFIXES):
+        raise ModelFileError(f"{path}: only .safetensors weights are read; .pt/.pth files can run code when "
+                             "loaded (pickle). Convert the state dict with safetensors.torch.save_file")
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors"), path
+    if path.suffix != ".safetensors":
+        raise ModelFileError(f"{path}: not a model file; expected a .safetensors file with its .json config "
+                             "beside it, or an nnU-Net trained-model folder")
+    return path, path.with_suffix(".json")
+
+
+def read_model_config(weights: Path, config_path: Path) -> dict:
+    """The JSON config beside a weights file (or in its safetensors metadata); errors name the file."""
+    if config_path.exists():
+        try:
+            return json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"{config_path}: invalid JSON ({exc.msg} at line {exc.lineno}, "
+                                 f"column {exc.colno})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{config_path}: cannot be read ({exc})") from None
+    meta = _safetensors_call(weights, lambda: _metadata(weights))
+    if "config" not in meta:
+        raise ModelFileError(f"{weights}: no config JSON beside it ({config_path.name}) and none in its metadata")
+    try:
+        return json.loads(meta["config"])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{weights}: the config in its metadata is invalid JSON ({exc.msg})") from None
+
+
+def _metadata(weights: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        return f.metadata() or {}
+
+
+def _safetensors_call(weights: Path, fn):
+    try:
+        return fn()
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for bad files
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{weights}: not a readable safetensors file ({msg}); it may be truncated or "
+                             "corrupt") from None
+
+
+def load_weights(model: nn.Module, weights: Path, what: str) -> nn.Module:
+    """Load safetensors weights into ``model`` strictly; a mismatch is one line naming the file."""
+    from safetensors.torch import load_file
+
+    state = _safetensors_call(weights, lambda: load_file(str(weights), device="cpu"))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:2])})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})" if unexpected else "",
+                 f"{len(shapes)} of another shape (e.g. {'; '.join(shapes[:2])})" if shapes else ""]
+        raise ModelFileError(f"{weights}: the weights do not match {what}: " + ", ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 def load_model(spec="bundled", device="cpu") -> nn.Module:
-    """A model in eval mode: ``"bundled"``, a ``.safetensors`` path (config JSON beside it), an nnU-Net v2
-    trained-model folder (:func:`.nnunet.load_nnunet`), or an nn.Module."""
+    """A model in eval mode carrying its ``model_info``: ``"bundled"``, a ``.safetensors`` (or its ``.json``)
+    path, an nnU-Net v2 trained-model folder, or an ``nn.Module``."""
     if isinstance(spec, nn.Module):
         return spec.to(device).eval()
-    from .nnunet import is_nnunet_folder, load_nnunet
-
-    if spec not in (None, "bundled") and is_nnunet_folder(spec):
-        return load_nnunet(spec, device=device)
-    path = bundled_model_path() if spec in (None, "bundled") else Path(spec)
-    if path.suffix == ".json":
-        path = path.with_suffix(".safetensors")
-    if not path.exists():
-        hint = " (the bundled model is trained with `liver-lrp train`)" if spec in (None, "bundled") else ""
-        raise FileNotFoundError(f"model weights not found: {path}{hint}")
-    config = read_config(path)
-    if config.get("architecture", "UNet3D") == "UNet3D":
-        model = load_unet(path, map_location="cpu")
+    if spec in (None, "bundled"):
+        weights, config_path = _model_paths(bundled_model_path())
     else:
-        from safetensors.torch import load_file
-
-        model = build_model(config)
-        try:
-            model.load_state_dict(load_file(str(path)), strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"{path}: weights do not match {config['architecture']} with the given kwargs: "
-                             f"{str(exc)[:300]}") from None
+        if Path(spec).is_dir():
+            try:
+                from .nnunet import load_nnunet
+            except ImportError as exc:
+                raise ModelFileError(f"{spec}: a model folder is read as an nnU-Net v2 trained model, which "
+                                     f"needs nnunetv2 (pip install -e \".[nnunet]\"): {exc}") from None
+            return load_nnunet(spec, device=device)
+        weights, config_path = _model_paths(spec)
+    if not weights.exists():
+        hint = " (the bundled model is trained with `liver-lrp train`)" if spec in (None, "bundled") else ""
+        raise FileNotFoundError(f"model weights not found: {weights}{hint}")
+    config = read_model_config(weights, config_path)
+    where = str(config_path if config_path.exists() else weights)
+    model = build_model(config, where)
+    load_weights(model, weights, f"{config.get('architecture', 'UNet3D')} as configured in {where}")
     return model.to(device).eval()
 
 
-__all__ = ["load_model", "build_model", "save_model_file", "bundled_model_path", "BUNDLED_MODEL"]
+__all__ = ["load_model", "build_model", "save_model_file", "bundled_model_path", "BUNDLED_MODEL", "ModelFileError",
+           "info_from_config", "load_weights"]

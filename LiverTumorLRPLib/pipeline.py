@@ -10,13 +10,15 @@ import csv
 import io
 import os
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from .case_io import Case, read_case, write_image, write_json, write_text
+from .geometry import GridMap, grid_map
+from .model_info import ModelInfo, model_info
 from .progress import as_progress
-from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS, class_index
 
 RESULT = "result.json"
 
@@ -27,8 +29,35 @@ def _load(model, device):
     return load_model(model, device="cpu") if not hasattr(model, "forward") else model
 
 
-def _case(case) -> Case:
-    return case if isinstance(case, Case) else read_case(case)
+def _case(case, net=None) -> Case:
+    if isinstance(case, Case):
+        return case
+    return read_case(case, sequences=model_info(net).channels if net is not None else None)
+
+
+@dataclass
+class Prepared:
+    """A case as the network sees it: the normalised image on the network grid and the way back."""
+
+    case: Case
+    net: object
+    info: ModelInfo
+    grid: GridMap
+    image: np.ndarray   # (C, d, h, w) on the network grid
+
+
+def prepare(case, net) -> Prepared:
+    """Bring ``case`` onto ``net``'s grid (its spacing, or nnU-Net's own preprocessing)."""
+    info = model_info(net)
+    case = _case(case, net)
+    if tuple(case.channels) != tuple(info.channels):
+        raise ValueError(f"case {case.name} has the sequences {', '.join(case.channels)} but the model expects "
+                         f"{', '.join(info.channels)} in that order")
+    grid = net.grid_map_for(case) if hasattr(net, "grid_map_for") else grid_map(info, case)
+    src = case.raw if getattr(grid, "wants_raw", False) else case.image
+    if src is None:
+        raise ValueError(f"case {case.name}: the model needs the un-normalised images (read the case with keep_raw)")
+    return Prepared(case, net, info, grid, grid.image_to_network(src))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,34 +69,61 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def segment_case(case, out: str, model="bundled", device="auto", progress=None, cancel=None,
                  patch_size=None) -> dict:
-    """Tumor probability and segmentation (probability > 0.5) on the reference grid."""
-    from .inference import predict
+    """Lesion probability and segmentation on the case's reference grid.
+
+    The network runs on its own grid (:func:`prepare`); probabilities come back linearly interpolated,
+    the label map by nearest neighbour.  Writes ``tumor_probability`` and ``tumor_segmentation`` (the
+    lesion class), and ``labels`` (every class) for models with more than two classes."""
+    from .inference import predict_logits, probabilities
 
     prog = as_progress(progress, cancel)
-    case = _case(case)
     net = _load(model, device)
-    prob = predict(net, case.image, device=device, patch_size=patch_size, progress=prog.part(0, 0.95))
-    seg = (prob > 0.5).astype(np.uint8)
+    p = case if isinstance(case, Prepared) else prepare(case, net)
+    case, info = p.case, p.info
+    logits = predict_logits(net, p.image, device=device, patch_size=patch_size, progress=prog.part(0, 0.9))
+    probs = probabilities(logits)
+    labels_net = probs.argmax(axis=0).astype(np.uint8)
+    lesion = info.lesion_index
+    prob = p.grid.to_case(probs[lesion], "probability").astype(np.float32)
+    labels = p.grid.to_case(labels_net, "segmentation").astype(np.uint8)
+    seg = (labels == lesion).astype(np.uint8)
     write_image(prob, case.reference, os.path.join(out, "tumor_probability.nii.gz"), dtype=np.float32)
     write_image(seg, case.reference, os.path.join(out, "tumor_segmentation.nii.gz"), dtype=np.uint8)
-    info = {"case": case.name, "tumor_voxels": int(seg.sum()),
-            "tumor_volume_ml": float(seg.sum() * case.voxel_volume_mm3 / 1000.0)}
+    if info.n_classes > 2:
+        write_image(labels, case.reference, os.path.join(out, "labels.nii.gz"), dtype=np.uint8)
+    info_out = {"case": case.name, "tumor_voxels": int(seg.sum()),
+                "tumor_volume_ml": float(seg.sum() * case.voxel_volume_mm3 / 1000.0),
+                "lesion_class": info.classes[lesion], "network_grid": list(p.image.shape[1:]),
+                "network_spacing": list(p.grid.network_spacing) if p.grid.network_spacing else None}
     if case.label is not None:
-        info["dice"] = dice(seg, case.label > 0)
+        info_out["dice"] = dice(seg, case.label > 0)
     prog(1.0, "segmentation written")
-    return {"segmentation": seg, "probability": prob, **info}
+    return {"segmentation": seg, "probability": prob, "labels": labels, "network_labels": labels_net,
+            "prepared": p, **info_out}
 
 
-def _write_relevance_outputs(case: Case, out: str, maps: np.ndarray, shares, positive, negative, meta: dict,
+def _mass(maps: np.ndarray):
+    """Per-channel positive and negative mass of a relevance map, over its total."""
+    flat = maps.reshape(maps.shape[0], -1)
+    total = float(flat.sum())
+    return np.clip(flat, 0, None).sum(axis=1) / total, np.clip(flat, None, 0).sum(axis=1) / total
+
+
+def _write_relevance_outputs(p: Prepared, out: str, maps_net: np.ndarray, shares, meta: dict,
                              tumor: Optional[np.ndarray], region: Optional[np.ndarray], n_slices: int = 3) -> dict:
+    """Relevance per sequence on the case grid (NIfTI), shares (JSON/CSV, computed on the network grid),
+    bar chart and overlays of the most relevant slices."""
     from .figures import bar_chart, most_relevant_slices, overlay_slice
 
+    case, info = p.case, p.info
+    positive, negative = _mass(maps_net)
+    maps = p.grid.to_case(maps_net, "relevance")
     files = {}
-    for c, key in enumerate(SEQUENCE_KEYS):
+    for c, key in enumerate(info.channels):
         files[f"relevance_{key}"] = write_image(maps[c], case.reference, os.path.join(out, f"relevance_{key}.nii.gz"),
                                                 dtype=np.float32)
-    rows = [{"sequence": k, "display_name": d, "relevance": float(s), "positive": float(p), "negative": float(n)}
-            for k, d, s, p, n in zip(SEQUENCE_KEYS, DISPLAY_NAMES, shares, positive, negative)]
+    rows = [{"sequence": k, "display_name": d, "relevance": float(s), "positive": float(a), "negative": float(b)}
+            for k, d, s, a, b in zip(info.channels, info.display_names, shares, positive, negative)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -75,12 +131,13 @@ def _write_relevance_outputs(case: Case, out: str, maps: np.ndarray, shares, pos
     files["csv"] = write_text(buf.getvalue(), os.path.join(out, "sequence_relevance.csv"))
     files["bar_chart"] = bar_chart(shares, os.path.join(out, "sequence_relevance.png"),
                                    title=f"{case.name}: {meta.get('title', 'sequence relevance')}",
-                                   positive=positive, negative=negative)
+                                   positive=positive, negative=negative, names=info.display_names)
     display = case.raw if case.raw is not None else case.image
     files["overlays"] = [overlay_slice(display, maps, z, os.path.join(out, f"overlay_slice{z:03d}.png"), tumor, region,
-                                       title=f"{case.name}, axial slice {z}: {meta.get('title', '')}")
+                                       title=f"{case.name}, axial slice {z}: {meta.get('title', '')}",
+                                       names=info.display_names)
                          for z in most_relevant_slices(maps, n_slices)]
-    summary = {**meta, "case": case.name, "sequences": rows, "files": files}
+    summary = {**meta, "case": case.name, "model_classes": list(info.classes), "sequences": rows, "files": files}
     files["json"] = write_json(summary, os.path.join(out, "sequence_relevance.json"))
     return summary
 
@@ -90,25 +147,26 @@ def analyze_case(case, out: str, model="bundled", preset="recommended", device="
                  cancel=None, finalize: bool = True) -> dict:
     """Sec. 2.3 for one case: segmentation, ``M = M_B^0 + M_T^1`` per sequence, JSON/CSV, bar chart, overlays.
 
+    Computed on the network grid (where Eq. 2 holds exactly); maps are written on the case grid.
     ``finalize``: write ``result.json`` (the marker of a complete folder) at the end."""
     from .explain import sequence_relevance
 
     t0 = time.time()
     prog = as_progress(progress, cancel)
-    case = _case(case)
     net = _load(model, device)
-    seg = segment_case(case, out, net, device, prog.part(0.0, 0.2), patch_size=patch_size)
-    res = sequence_relevance(net, case.image, preset=preset, device=device, seed=seed, background=background,
+    p = prepare(case, net)
+    seg = segment_case(p, out, net, device, prog.part(0.0, 0.2), patch_size=patch_size)
+    res = sequence_relevance(net, p.image, preset=preset, device=device, seed=seed, background=background,
                              max_voxels=max_voxels, patch_size=patch_size, progress=prog.part(0.2, 0.9))
     meta = {"analysis": "sequence relevance (Sec. 2.3): M = M_B^0 + M_T^1", "title": "sequence relevance",
             "preset": preset if isinstance(preset, str) else repr(preset), "background_choice": background,
             "seed": seed, **{k: v for k, v in res.as_dict().items() if k.startswith("n_")},
-            "relevance": [float(v) for v in res.shares], "tumor_voxels": seg["tumor_voxels"],
-            "tumor_volume_ml": seg["tumor_volume_ml"]}
+            "lesion_class": res.lesion, "relevance": [float(v) for v in res.shares],
+            "tumor_voxels": seg["tumor_voxels"], "tumor_volume_ml": seg["tumor_volume_ml"],
+            "network_grid": seg["network_grid"], "network_spacing": seg["network_spacing"]}
     if "dice" in seg:
         meta["dice"] = seg["dice"]
-    summary = _write_relevance_outputs(case, out, res.maps, res.shares, res.positive, res.negative, meta,
-                                       seg["segmentation"].astype(bool), None)
+    summary = _write_relevance_outputs(p, out, res.maps, res.shares, meta, seg["segmentation"].astype(bool), None)
     summary["seconds"] = round(time.time() - t0, 2)
     if finalize:
         write_json(summary, os.path.join(out, RESULT))
@@ -132,31 +190,38 @@ def region_from_spec(spec, case: Case, segmentation: np.ndarray) -> tuple[np.nda
 
 def explain_case(case, out: str, model="bundled", region="tumor", cls="tumor", preset="recommended",
                  device="auto", patch_size=None, progress=None, cancel=None) -> dict:
-    """Eq. 2 for one region and class: relevance per sequence (NIfTI), shares (JSON/CSV), bar chart, overlays."""
+    """Eq. 2 for one region and class: relevance per sequence (NIfTI), shares (JSON/CSV), bar chart, overlays.
+
+    The region (on the case grid) is mapped to the network grid, explained there, and the maps mapped back."""
     from .explain import region_relevance
 
     t0 = time.time()
     prog = as_progress(progress, cancel)
-    case = _case(case)
     net = _load(model, device)
-    seg = segment_case(case, out, net, device, prog.part(0.0, 0.2), patch_size=patch_size)
-    mask, desc = region_from_spec(region, case, seg["segmentation"])
-    if not mask.any():
+    p = prepare(case, net)
+    case = p.case
+    seg = segment_case(p, out, net, device, prog.part(0.0, 0.2), patch_size=patch_size)
+    if region in (None, "tumor", "background"):  # the predicted region, taken on the network grid itself
+        lesion = seg["network_labels"] == p.info.lesion_index
+        mask_net = lesion if region != "background" else ~lesion
+        mask = seg["segmentation"].astype(bool) if region != "background" else ~seg["segmentation"].astype(bool)
+        desc = f"predicted {'background' if region == 'background' else p.info.lesion}"
+    else:
+        mask, desc = region_from_spec(region, case, seg["segmentation"])
+        mask_net = p.grid.mask_to_network(mask)
+    if not mask_net.any():
         raise ValueError(f"{case.name}: the region ({desc}) is empty")
-    c = class_index(cls)
-    res = region_relevance(net, case.image, mask, c, preset=preset, device=device, patch_size=patch_size,
+    c = p.info.class_index(cls)
+    res = region_relevance(net, p.image, mask_net, c, preset=preset, device=device, patch_size=patch_size,
                            progress=prog.part(0.2, 0.9))
-    flat = res.maps.reshape(res.maps.shape[0], -1)
-    total = float(flat.sum())
-    pos = np.clip(flat, 0, None).sum(axis=1) / total
-    neg = np.clip(flat, None, 0).sum(axis=1) / total
-    meta = {"analysis": "region relevance (Eq. 2)", "title": f"{['background', 'tumor'][c]}-class relevance of {desc}",
-            "region": desc, "class": ["background", "tumor"][c], "preset": preset, "n_voxels": res.n_voxels,
+    name = p.info.classes[c]
+    meta = {"analysis": "region relevance (Eq. 2)", "title": f"{name}-class relevance of {desc}",
+            "region": desc, "class": name, "preset": preset, "n_voxels": res.n_voxels,
             "n_excluded": res.n_excluded, "relevance": [float(v) for v in res.sequence_shares],
-            "tumor_voxels": seg["tumor_voxels"]}
+            "tumor_voxels": seg["tumor_voxels"], "network_grid": seg["network_grid"]}
     if "dice" in seg:
         meta["dice"] = seg["dice"]
-    summary = _write_relevance_outputs(case, out, res.maps, res.sequence_shares, pos, neg, meta,
+    summary = _write_relevance_outputs(p, out, res.maps, res.sequence_shares, meta,
                                        seg["segmentation"].astype(bool), mask)
     summary["seconds"] = round(time.time() - t0, 2)
     write_json(summary, os.path.join(out, RESULT))

@@ -114,7 +114,9 @@ def train(out, steps=2000, patch=(32, 96, 96), batch=2, base_channels=8, depth=3
     if resume and os.path.exists(model_path):
         model = load_unet(model_path).train()
     else:
-        model = UNet3D(UNetConfig(depth=depth, base_channels=base_channels, norm=norm))
+        # the spacing it learns at and the whole-volume patch it is run with are part of the model
+        model = UNet3D(UNetConfig(depth=depth, base_channels=base_channels, norm=norm, spacing=list(spacing),
+                                  patch_size=[int(math.ceil(s / 2 ** depth) * 2 ** depth) for s in shape]))
     model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     start = _load_state(out, opt) if resume and os.path.exists(os.path.join(out, "train_state.safetensors")) else 0

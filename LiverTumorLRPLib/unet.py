@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -34,6 +35,8 @@ class UNetConfig:
     sequences: list = field(default_factory=lambda: list(SEQUENCE_KEYS))
     classes: list = field(default_factory=lambda: list(CLASS_NAMES))
     architecture: str = "UNet3D"
+    patch_size: Optional[list] = None   # sliding-window patch (z, y, x) on the network grid
+    spacing: Optional[list] = None      # (z, y, x) mm the model was trained at
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -141,30 +144,16 @@ def save_model(model: UNet3D, path: "str | os.PathLike", extra: dict | None = No
 
 def read_config(path: "str | os.PathLike") -> dict:
     """The JSON config beside a weights file (or stored in its safetensors metadata)."""
-    weights, config_path = _paths(path)
-    if config_path.exists():
-        return json.loads(config_path.read_text())
-    from safetensors import safe_open
+    from .models import read_model_config
 
-    with safe_open(str(weights), "pt") as f:
-        meta = f.metadata() or {}
-    if "config" not in meta:
-        raise ValueError(f"{weights}: no config JSON beside it ({config_path.name}) and none in its metadata")
-    return json.loads(meta["config"])
+    return read_model_config(*_paths(path))
 
 
 def load_unet(path: "str | os.PathLike", map_location: str = "cpu") -> UNet3D:
     """Rebuild a :class:`UNet3D` from its config JSON and safetensors weights (never pickle)."""
-    from safetensors.torch import load_file
+    from .models import load_model
 
-    weights, _ = _paths(path)
-    if not weights.exists():
-        raise FileNotFoundError(f"model weights not found: {weights}")
-    cfg = read_config(weights)
-    known = {k: cfg[k] for k in UNetConfig.__dataclass_fields__ if k in cfg}
-    model = UNet3D(UNetConfig(**known))
-    state = load_file(str(weights), device=map_location)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval()
+    model = load_model(_paths(path)[0], device=map_location)
+    if not isinstance(model, UNet3D):
+        raise ValueError(f"{path}: is a {type(model).__name__}, not a UNet3D")
+    return model

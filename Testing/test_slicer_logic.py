@@ -1,7 +1,6 @@
 """slicer_logic with the real Slicer core (slicer-core): scene, nodes, logics; tiny volumes and a tiny u-net."""
 import os
 import sys
-import time
 import types
 
 import numpy as np
@@ -227,38 +226,28 @@ def test_explain_segment_and_point_regions(scene, volumes, model):
         sl.point_mask(markups, 1, volumes["T1_15min"])
 
 
-def test_background_job_and_cancel(scene, volumes, model):
-    job = sl.Job(sl.analyze_sequences_task(model=model, device="cpu")).start()
-    deadline = time.monotonic() + 300
-    while not job.poll() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert job.state == "done", job.error
-    assert np.isclose(job.result.shares.sum(), 1.0)
-    assert any("relevance" in m for m in job.take_messages())
-    # cancel while the worker runs
-    started = []
-
-    def slow(progress):
-        started.append(True)
-        while True:
-            progress(0.5, "working")
-            time.sleep(0.01)
-
-    job = sl.Job(sl.Task("slow", slow, lambda r: r)).start()
-    while not started:
-        time.sleep(0.01)
-    job.cancel()
-    assert job.wait(60) and job.state == "cancelled" and isinstance(job.error, Cancelled)
-    # blocking path raises Cancelled; nothing is written
+def test_blocking_job_progress_cancel_and_failure(scene, volumes, model):
+    """The in-process path (the worker process path is in test_worker.py): progress, Cancel, errors."""
+    seen = []
+    job = sl.Job(sl.analyze_sequences_task(model=model, device="cpu"), lambda f, m: seen.append(f))
+    result = job.run()
+    assert job.state == "done" and result is job.result and np.isclose(result.shares.sum(), 1.0)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and any(0 < f < 1 for f in seen)
+    assert any("relevance" in m for m in job.take_messages()) and job.take_messages() == []
+    # cancel at the first progress report: Cancelled, nothing is written
     n_before = scene.GetNumberOfNodes()
     with pytest.raises(Cancelled):
         sl.analyze_sequences(model=model, device="cpu", cancel=lambda: True)
     assert scene.GetNumberOfNodes() == n_before
-
-
-def test_failed_background_job_reports_error(scene, volumes, model):
-    job = sl.Job(sl.Task("fails", lambda p: 1 / 0, lambda r: r)).start()
-    assert job.wait(60) and job.state == "failed" and isinstance(job.error, ZeroDivisionError)
+    job = sl.Job(sl.Task("slow", lambda progress: progress(0.5, "working"), lambda r: r))
+    job.cancel()
+    with pytest.raises(Cancelled):
+        job.run()
+    assert job.state == "cancelled" and isinstance(job.error, Cancelled)
+    job = sl.Job(sl.Task("fails", lambda p: 1 / 0, lambda r: r))
+    with pytest.raises(ZeroDivisionError):
+        job.run()
+    assert job.state == "failed" and isinstance(job.error, ZeroDivisionError)
 
 
 def test_bench_batch_script(tmp_path, case, model):
@@ -278,6 +267,12 @@ def test_bench_batch_script(tmp_path, case, model):
     files = sorted(os.listdir(out))
     assert "sequence_relevance.csv" in files and "tumor_probability.nii.gz" in files
     assert sum(f.startswith("relevance_") for f in files) == 6
+    import csv                                             # sequence relevance came through the worker process
+
+    with open(out / "sequence_relevance.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["sequence"] for r in rows] == list(SEQUENCE_KEYS)
+    assert np.isclose(sum(float(r["relevance"]) for r in rows), 1.0, atol=1e-5)
     assert hasattr(slicer, "mrmlScene") == had_scene  # the script restores what it set
 
 

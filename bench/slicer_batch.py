@@ -1,11 +1,12 @@
-"""Headless batch run through the Slicer module's MRML logic: segment + sequence relevance of one case.
+"""Headless batch run through the Slicer module's worker jobs: segment + sequence relevance of one case.
 
 In Slicer:   Slicer --no-splash --no-main-window --python-script bench/slicer_batch.py -- CASE_DIR OUT_DIR
 Headless:    .venv/bin/python bench/slicer_batch.py CASE_DIR OUT_DIR          (slicer-core from PyPI)
 
 CASE_DIR holds the six sequences (see LiverTumorLRPLib.case_io).  OUT_DIR receives
 ``tumor_probability.nii.gz``, ``tumor_label.nii.gz``, ``relevance_<KEY>.nii.gz`` for each sequence
-and ``sequence_relevance.csv``.  Exit code 0 on success, 1 on an error, 2 on bad arguments.
+and ``sequence_relevance.csv``.  The computation runs in the module's worker process (PythonSlicer inside
+Slicer, this Python headless), the scene I/O here.  Exit code 0 on success, 1 on an error, 2 on bad arguments.
 """
 from __future__ import annotations
 
@@ -92,29 +93,48 @@ def write_table(result, path):
     return path
 
 
+def worker_python() -> str:
+    """The interpreter of the worker process: PythonSlicer inside Slicer, this Python headless."""
+    import shutil
+
+    import slicer
+
+    app = getattr(slicer, "app", None)
+    if app is None:
+        return sys.executable
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    return shutil.which("PythonSlicer") or os.path.join(app.slicerHome, "bin", name)
+
+
 def run(args) -> int:
     from LiverTumorLRPLib import slicer_logic as sl
 
+    python = worker_python()
+
+    def report(fraction, message):
+        print(f"  {100 * fraction:5.1f} %  {message}", flush=True)
+
+    def run_job(job):
+        try:
+            return job.run(progress=report)
+        finally:
+            for m in job.take_messages():
+                print(m)
+
     with sl.headless_scene() as hs:
         nodes = load_case(args.case, hs.scene)
-        inputs = sl.stack_inputs(nodes, hs.scene)
-        for m in inputs.messages:
-            print("warning:", m)
-
-        def report(fraction, message):
-            print(f"  {100 * fraction:5.1f} %  {message}", flush=True)
-
-        seg = sl.segment(inputs, args.model, args.device, progress=report)
+        seg = run_job(sl.segment_job(nodes, args.model, args.device, python=python))
         print(f"tumor: {seg.n_tumor} voxels, {seg.tumor_ml:.1f} ml")
         os.makedirs(args.out, exist_ok=True)
         save_volume(seg.probability, os.path.join(args.out, "tumor_probability.nii.gz"))
-        label = label_volume(seg.segmentation, inputs.reference)
+        label = label_volume(seg.segmentation, nodes["T1_15min"])
         save_volume(label, os.path.join(args.out, "tumor_label.nii.gz"))
         hs.scene.RemoveNode(label)
         if seg.n_tumor == 0:
             print("no tumor predicted: sequence relevance needs a predicted tumor", file=sys.stderr)
             return 1
-        result = sl.analyze_sequences(inputs, args.model, args.preset, args.device, args.seed, progress=report)
+        result = run_job(sl.analyze_sequences_job(nodes, args.model, args.preset, args.device, args.seed,
+                                                  python=python))
         for key, node in result.volumes.items():
             save_volume(node, os.path.join(args.out, f"relevance_{key}.nii.gz"))
         write_table(result, os.path.join(args.out, "sequence_relevance.csv"))

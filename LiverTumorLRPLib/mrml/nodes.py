@@ -1,0 +1,236 @@
+"""Result nodes: segmentation and probability, relevance volumes, table, bar chart, colour tables, subject hierarchy."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import slicer
+import vtk
+
+from ..sequences import DISPLAY_NAMES, SEQUENCE_KEYS
+from .scene import _add_volume, _scene, _tag, _unique_name
+
+if TYPE_CHECKING:
+    from .inputs import Inputs
+
+
+SEGMENT_NAME = "Tumor"
+COLOR_TABLE_NAME = "LiverTumorLRP relevance"
+LABEL_COLOR_TABLE_NAME = "LiverTumorLRP labels"
+TUMOR_COLOR = (0.95, 0.75, 0.1)
+SERIES_COLORS = ((0.55, 0.35, 0.65), (0.5, 0.5, 0.5), (0.85, 0.2, 0.15), (0.95, 0.55, 0.1), (0.2, 0.6, 0.3),
+                 (0.15, 0.4, 0.8))
+
+
+# ---- segmentation -----------------------------------------------------------------------------------------------
+@dataclass
+class SegmentResult:
+    segmentation: Any               # vtkMRMLSegmentationNode with the "Tumor" segment
+    probability: Any                # vtkMRMLScalarVolumeNode: tumor probability
+    n_tumor: int
+    tumor_ml: float
+
+
+
+def label_color_table(scene=None):
+    """The small color table naming label 1 "Tumor" (created once)."""
+    scene = _scene(scene)
+    node = scene.GetFirstNodeByName(LABEL_COLOR_TABLE_NAME)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", LABEL_COLOR_TABLE_NAME)
+        node.SetTypeToUser()
+        node.SetNumberOfColors(2)
+        node.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
+        node.SetColor(1, SEGMENT_NAME, *TUMOR_COLOR, 1.0)
+        node.SetAttribute("LiverTumorLRP.Output", "1")
+    return node
+
+
+
+def write_segmentation(probability: np.ndarray, inputs: Inputs, name: str = "Liver tumor",
+                       threshold: float = 0.5, scene=None) -> SegmentResult:
+    """Segmentation node (segment "Tumor") and probability volume from a (z, y, x) tumor probability."""
+    scene = _scene(scene if scene is not None else inputs.reference.GetScene())
+    tumor = probability > threshold
+    prob_node = _tag(_add_volume(scene, probability.astype(np.float32), inputs.ijk_to_ras,
+                                 f"{name} probability"), "probability")
+    disp = prob_node.GetDisplayNode()
+    if disp is not None:
+        disp.AutoWindowLevelOff()
+        disp.SetWindowLevelMinMax(0.0, 1.0)
+    seg = _tag(scene.AddNewNodeByClass("vtkMRMLSegmentationNode", _unique_name(scene, name)), "segmentation")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(inputs.reference)
+    labelmap = _add_volume(scene, tumor.astype(np.uint8), inputs.ijk_to_ras, f"{name} label",
+                           "vtkMRMLLabelMapVolumeNode")
+    try:
+        labelmap.GetDisplayNode().SetAndObserveColorNodeID(label_color_table(scene).GetID())
+        if tumor.any() and not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap,
+                                                                                                         seg):
+            raise RuntimeError("importing the tumor labelmap into the segmentation failed")
+    finally:
+        scene.RemoveNode(labelmap)
+    segmentation = seg.GetSegmentation()
+    if segmentation.GetSegmentIdBySegmentName(SEGMENT_NAME) == "":
+        segmentation.AddEmptySegment(SEGMENT_NAME, SEGMENT_NAME, TUMOR_COLOR)
+    segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(SEGMENT_NAME))
+    segment.SetColor(*TUMOR_COLOR)
+    seg.CreateDefaultDisplayNodes()
+    voxel_ml = abs(np.linalg.det(inputs.ijk_to_ras[:3, :3])) / 1000.0
+    return SegmentResult(seg, prob_node, int(tumor.sum()), float(tumor.sum() * voxel_ml))
+
+
+
+# ---- relevance write-back ---------------------------------------------------------------------------------------
+@dataclass
+class ExplanationResult:
+    name: str
+    folder: int                     # subject hierarchy folder item
+    volumes: dict                   # key -> relevance volume node
+    table: Any                      # vtkMRMLTableNode: sequence, relevance, positive, negative
+    chart: Any                      # vtkMRMLPlotChartNode
+    series: list                    # one vtkMRMLPlotSeriesNode per sequence
+    shares: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+    most_relevant: str              # sequence key
+    details: dict = field(default_factory=dict)
+
+
+def relevance_color_table(scene=None):
+    """The project's signed diverging color table (blue-white-red, transparent near zero), created once."""
+    scene = _scene(scene)
+    node = scene.GetFirstNodeByName(COLOR_TABLE_NAME)
+    if node is not None:
+        return node
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
+    node.SetTypeToUser()
+    node.SetAttribute("Category", "LiverTumorLRP")
+    node.SetAttribute("LiverTumorLRP.Output", "1")
+    n = 256
+    node.SetNumberOfColors(n)
+    blue, red = np.array([0.23, 0.30, 0.75]), np.array([0.71, 0.02, 0.15])
+    for i in range(n):
+        t = 2.0 * i / (n - 1) - 1.0                    # -1 .. 1
+        end = red if t > 0 else blue
+        rgb = (1 - abs(t)) * np.ones(3) + abs(t) * end
+        alpha = float(np.clip((abs(t) - 0.05) / 0.25, 0.0, 1.0))
+        node.SetColor(i, "", *(float(c) for c in rgb), alpha)
+    node.SetNamesInitialised(True)
+    return node
+
+
+def _sh_place(sh, folder: int, node) -> None:
+    item = sh.GetItemByDataNode(node)
+    if item:
+        sh.SetItemParent(item, folder)
+    else:
+        sh.CreateItem(folder, node)
+
+
+def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, details=None,
+                    scene=None) -> ExplanationResult:
+    """Relevance volumes (one per sequence), table, bar chart, grouped in a subject-hierarchy folder named ``name``."""
+    scene = _scene(scene if scene is not None else inputs.reference.GetScene())
+    maps = np.asarray(maps, dtype=np.float32)
+    flat = maps.reshape(maps.shape[0], -1).astype(np.float64)
+    total = float(flat.sum())
+    if not np.isfinite(total) or abs(total) < 1e-20:
+        raise ValueError("the relevance map sums to zero; sequence shares are undefined")
+    shares = flat.sum(axis=1) / total if shares is None else np.asarray(shares, dtype=float)
+    positive = np.clip(flat, 0, None).sum(axis=1) / total
+    negative = np.clip(flat, None, 0).sum(axis=1) / total
+    from ..figures import display_max
+
+    m = display_max(maps)
+    colors = relevance_color_table(scene)
+    sh = scene.GetSubjectHierarchyNode()
+    folder = sh.CreateFolderItem(sh.GetSceneItemID(), _unique_name(scene, name))
+    volumes = {}
+    for key, disp_name, arr in zip(SEQUENCE_KEYS, DISPLAY_NAMES, maps):
+        node = _tag(_add_volume(scene, arr, inputs.ijk_to_ras, f"{name}: {disp_name}"), "relevance")
+        disp = node.GetDisplayNode()
+        disp.SetAndObserveColorNodeID(colors.GetID())
+        disp.AutoWindowLevelOff()
+        disp.SetWindowLevelMinMax(-m, m)
+        disp.SetInterpolate(0)
+        _sh_place(sh, folder, node)
+        volumes[key] = node
+    # table
+    table = _tag(scene.AddNewNodeByClass("vtkMRMLTableNode", _unique_name(scene, f"{name} table")), "table")
+    t = table.GetTable()
+    col = vtk.vtkStringArray()
+    col.SetName("sequence")
+    t.AddColumn(col)
+    for cname in ("relevance", "positive", "negative"):
+        c = vtk.vtkDoubleArray()
+        c.SetName(cname)
+        t.AddColumn(c)
+    t.SetNumberOfRows(len(DISPLAY_NAMES))
+    for r, disp_name in enumerate(DISPLAY_NAMES):
+        t.SetValue(r, 0, vtk.vtkVariant(disp_name))
+        for c, values in enumerate((shares, positive, negative), start=1):
+            t.SetValue(r, c, vtk.vtkVariant(float(values[r])))
+    t.Modified()
+    _sh_place(sh, folder, table)
+    # bar chart: one series per sequence (the legend names them), from a one-row table
+    plot_table = _tag(scene.AddNewNodeByClass("vtkMRMLTableNode", _unique_name(scene, f"{name} plot data")), "plot")
+    pt = plot_table.GetTable()
+    for disp_name in DISPLAY_NAMES:
+        c = vtk.vtkDoubleArray()
+        c.SetName(disp_name)
+        pt.AddColumn(c)
+    pt.SetNumberOfRows(1)
+    for c, value in enumerate(shares):
+        pt.SetValue(0, c, vtk.vtkVariant(float(value)))
+    pt.Modified()
+    _sh_place(sh, folder, plot_table)
+    chart = _tag(scene.AddNewNodeByClass("vtkMRMLPlotChartNode", _unique_name(scene, f"{name} chart")), "chart")
+    chart.SetTitle(f"{name}: relevance share per sequence")
+    chart.SetYAxisTitle("share of relevance")
+    chart.SetXAxisTitle("")
+    chart.SetLegendVisibility(True)
+    series = []
+    for disp_name, color in zip(DISPLAY_NAMES, SERIES_COLORS):
+        s = _tag(scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", disp_name), "series")
+        s.SetAndObserveTableNodeID(plot_table.GetID())
+        s.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+        s.SetYColumnName(disp_name)
+        s.SetColor(*color)
+        chart.AddAndObservePlotSeriesNodeID(s.GetID())
+        _sh_place(sh, folder, s)
+        series.append(s)
+    _sh_place(sh, folder, chart)
+    most = SEQUENCE_KEYS[int(np.argmax(shares))]
+    _show(volumes[most], inputs.nodes[most], chart, scene)
+    return ExplanationResult(name, folder, volumes, table, chart, series, shares, positive, negative, most,
+                             dict(details or {}))
+
+
+def _show(relevance_node, background_node, chart, scene) -> None:
+    """Overlay the relevance over its sequence and show the chart, when views/modules exist (guarded)."""
+    try:
+        if scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") > 0 and slicer.mrmlScene is scene:
+            slicer.util.setSliceViewerLayers(background=background_node, foreground=relevance_node,
+                                             foregroundOpacity=0.6)
+    except Exception as exc:  # no views: nothing to show
+        warnings.warn(f"could not show the relevance overlay: {exc}", stacklevel=2)
+    modules = getattr(slicer, "modules", None)
+    plots = getattr(modules, "plots", None) if modules is not None else None
+    if plots is not None:
+        try:
+            plots.logic().ShowChartInLayout(chart)
+        except Exception as exc:
+            warnings.warn(f"could not show the chart: {exc}", stacklevel=2)
+
+
+
+
+def summary(result: ExplanationResult) -> str:
+    """One line per sequence: share, positive and negative mass."""
+    lines = [f"{result.name}:"]
+    for d, s, p, n in zip(DISPLAY_NAMES, result.shares, result.positive, result.negative):
+        lines.append(f"  {d:<10} {s:7.3f}  (+{p:.3f} / {n:.3f})")
+    return "\n".join(lines)
+
