@@ -22,6 +22,7 @@ pytest.importorskip("nnunetv2")
 
 from LiverTumorLRPLib import explain  # noqa: E402
 from LiverTumorLRPLib.lrp import LRP  # noqa: E402
+from LiverTumorLRPLib.model_info import ModelInfo  # noqa: E402
 from LiverTumorLRPLib.nnunet import is_nnunet_folder, load_nnunet  # noqa: E402
 from LiverTumorLRPLib.presets import get_preset  # noqa: E402
 
@@ -128,7 +129,7 @@ def nnunet_models(tmp_path_factory):
     rng = np.random.default_rng(7)
     cases = {}
     for key, n_ch, n_lab in (("liver", 6, 3), ("brain", 4, 2)):
-        img, _ = synthetic_case(rng, (24, 44, 60), n_ch, n_lab)
+        img, _ = synthetic_case(rng, (20, 40, 48), n_ch, n_lab)
         ref = sitk.GetImageFromArray(img[0])
         ref.SetSpacing((0.9, 1.1, 2.5))  # not the plans' spacing: nnU-Net resamples
         cases[key] = types.SimpleNamespace(raw=img, reference=ref)
@@ -188,22 +189,34 @@ def nnunet_logits(predictor, data):
         return predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float().numpy()
 
 
-def half_weight_sum(shape, patch):
-    """nnU-Net's float16 Gaussian weight sum over its windows (where it is subnormal, so are its logits)."""
+def nnunet_sliding_window_float32(predictor, data):
+    """nnU-Net's sliding window (pad_nd_image, compute_steps_for_sliding_window, compute_gaussian) in float32:
+    the algorithm of ``predict_sliding_window_return_logits`` without its float16 accumulation."""
     import itertools
 
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 
-    g = compute_gaussian(tuple(patch), 1. / 8, 10, dtype=torch.float16, device=torch.device("cpu"))
-    n = torch.zeros(shape, dtype=torch.half)
-    for start in itertools.product(*compute_steps_for_sliding_window(shape, patch, 0.5)):
-        n[tuple(slice(s, s + p) for s, p in zip(start, patch))] += g
-    return n.float().numpy()
+    patch = tuple(predictor.configuration_manager.patch_size)
+    x, revert = pad_nd_image(torch.from_numpy(data), patch, "constant", {"value": 0}, True, None)
+    g = compute_gaussian(patch, 1. / 8, 10, dtype=torch.float32, device=torch.device("cpu"))
+    out, norm = torch.zeros((predictor.label_manager.num_segmentation_heads,) + x.shape[1:]), torch.zeros(x.shape[1:])
+    half = torch.zeros(x.shape[1:], dtype=torch.half)  # nnU-Net's own float16 weight sum
+    with torch.no_grad():
+        for start in itertools.product(*compute_steps_for_sliding_window(x.shape[1:], patch, 0.5)):
+            sl = tuple(slice(a, a + p) for a, p in zip(start, patch))
+            out[(slice(None),) + sl] += predictor.network(x[(slice(None),) + sl][None])[0] * g
+            norm[sl] += g
+            half[sl] += g.half()
+    crop = tuple(revert[1:])
+    return (out / norm)[(slice(None),) + crop].numpy(), half[crop].float().numpy()
 
 
 @pytest.mark.parametrize("key", ["liver", "brain"])
 def test_matches_nnunet_predictor(nnunet_models, predictors, key):
     """Our preprocessing and sliding window give nnU-Net's logits, and nnU-Net's segmentation on the case grid."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
     from LiverTumorLRPLib.inference import predict_logits
 
     case, pred = nnunet_models["cases"][key], predictors[key]
@@ -211,21 +224,26 @@ def test_matches_nnunet_predictor(nnunet_models, predictors, key):
     gm = net.grid_map_for(case)
     image = gm.image_to_network(case.raw)
     with contextlib.redirect_stdout(io.StringIO()):
-        data, _, _ = pred.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
+        data, _, props = pred.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
             case.raw.copy(), None, {"spacing": list(case.reference.GetSpacing()[::-1])}, pred.plans_manager,
             pred.configuration_manager, pred.dataset_json)
     np.testing.assert_array_equal(image, data)  # nnU-Net's own preprocessing
     assert any(n > p for n, p in zip(image.shape[1:], net.model_info.patch_size))  # several windows
-    ref = nnunet_logits(pred, data)
     ours = predict_logits(net, image, device="cpu")
-    assert ours.shape == ref.shape
-    # nnU-Net accumulates in float16: where its weight sum is subnormal (image corners) its logits are coarse
-    normal = half_weight_sum(image.shape[1:], net.model_info.patch_size) >= 2.0 ** -14
-    err = np.abs(ours - ref).max(axis=0) / np.abs(ref).max()
-    assert normal.mean() > 0.5 and err[normal].max() < 1e-3, (err[normal].max(), normal.mean())
-    # segmentation on the case grid, as nnUNetPredictor exports it
+    exact, half_norm = nnunet_sliding_window_float32(pred, data)
+    scale = np.abs(exact).max()
+    assert ours.shape == exact.shape and np.abs(ours - exact).max() <= 1e-5 * scale
+    # nnUNetPredictor itself accumulates in float16: within its rounding where its weight sum is a normal
+    # float16 number; in the image corners its weights (and so its logits) are subnormal, hence coarse
+    ref = nnunet_logits(pred, data)
+    normal = half_norm >= 2.0 ** -14
+    err = np.abs(ours - ref).max(axis=0) / scale
+    assert normal.mean() > 0.5 and err[normal].max() < 3e-3, (err[normal].max(), normal.mean())
+    assert np.linalg.norm((ours - ref)[:, normal]) <= 1e-3 * np.linalg.norm(ref[:, normal])
+    # segmentation on the case grid: nnU-Net's export of its logits vs our map of ours
     with contextlib.redirect_stdout(io.StringIO()):
-        seg_ref = pred.predict_single_npy_array(case.raw.copy(), {"spacing": list(case.reference.GetSpacing()[::-1])})
+        seg_ref = convert_predicted_logits_to_segmentation_with_correct_shape(
+            torch.from_numpy(ref), pred.plans_manager, pred.configuration_manager, pred.label_manager, props)
     seg = gm.to_case(ours, "segmentation")
     assert seg.shape == seg_ref.shape == case.raw.shape[1:]
     for label in range(1, len(net.model_info.classes)):
@@ -294,6 +312,8 @@ def small_net(kind, n_in=2, n_out=3):
         if isinstance(m, torch.nn.InstanceNorm3d):
             torch.nn.init.normal_(m.weight, 1.0, 0.2)
             torch.nn.init.normal_(m.bias, 0.0, 0.1)
+    net.model_info = ModelInfo(channels=tuple(f"c{i}" for i in range(n_in)),
+                               classes=("background", "liver", "tumor")[-n_out:], strides=(2, 4, 4))
     return net.double().eval()
 
 
@@ -304,9 +324,10 @@ def _not_used_warnings(record):
 @pytest.mark.parametrize("kind", ["PlainConvUNet", "ResidualEncoderUNet"])
 def test_eq2_one_pass_equals_loop(kind):
     net = small_net(kind)
-    x = torch.randn(2, 16, 16, 16, dtype=torch.float64).numpy()  # a multiple of any stride: no padding
-    region = np.zeros((16, 16, 16), bool)
-    region[7:9, 6, 7:9] = True
+    x = torch.randn(2, 4, 16, 16, dtype=torch.float64).numpy()
+    region = np.zeros((4, 16, 16), bool)
+    region[1:3, 6, 7] = True
+    region[2, 9, 4] = True
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         fast = explain.region_relevance(net, x, region, cls=1, device="cpu")
@@ -338,19 +359,17 @@ def test_instance_norm_conservation_is_bounded(kind):
     torch.manual_seed(1)
     x = torch.randn(1, 2, 4, 16, 16, dtype=torch.float64)
     ratios = {}
-    for name in ("recommended", "epsilon-gamma-box", "alpha2-beta1", "epsilon"):
-        for zero in (False, True):
-            if name == "epsilon" and zero:
-                continue
-            lrp = LRP(net, _zero_bias(name) if zero else name)
-            y, s = lrp.forward(x)
-            seed = torch.zeros_like(y)
-            seed[0, 1, 2, 7, 8] = 1.0
-            (m,) = torch.autograd.grad(y, s, seed)
-            yv = float(y.detach()[0, 1, 2, 7, 8])
-            ratios[(name, zero)] = float(m.sum()) / yv
-            assert torch.isfinite(m).all()
-            assert float(m.abs().max()) < 1e2 * abs(yv), (name, zero)  # no numerical explosion
+    for name, zero in (("recommended", False), ("recommended", True), ("epsilon-gamma-box", True),
+                       ("epsilon", False)):
+        lrp = LRP(net, _zero_bias(name) if zero else name)
+        y, s = lrp.forward(x)
+        seed = torch.zeros_like(y)
+        seed[0, 1, 2, 7, 8] = 1.0
+        (m,) = torch.autograd.grad(y, s, seed)
+        yv = float(y.detach()[0, 1, 2, 7, 8])
+        ratios[(name, zero)] = float(m.sum()) / yv
+        assert torch.isfinite(m).all()
+        assert float(m.abs().max()) < 1e2 * abs(yv), (name, zero)  # no numerical explosion
     print(kind, {f"{k[0]}{' zero-bias' if k[1] else ''}": round(v, 3) for k, v in ratios.items()})
     assert all(0.02 < abs(r) < 50 for r in ratios.values()), ratios
     assert abs(ratios[("epsilon-gamma-box", True)] - 1) < 1e-3
