@@ -98,8 +98,7 @@ def segment_case(case, out: str, model="bundled", device="auto", progress=None, 
     if case.label is not None:
         info_out["dice"] = dice(seg, case.label > 0)
     prog(1.0, "segmentation written")
-    return {"segmentation": seg, "probability": prob, "labels": labels, "network_labels": labels_net,
-            "prepared": p, **info_out}
+    return {"segmentation": seg, "probability": prob, "labels": labels, "network_labels": labels_net, **info_out}
 
 
 def _mass(maps: np.ndarray):

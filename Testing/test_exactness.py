@@ -342,3 +342,38 @@ def test_bad_model_files_on_the_command_line_write_nothing(tmp_path, tiny_model)
 def test_a_model_config_records_spacing_and_patch():
     info = model_info(load_model("bundled"))
     assert info.spacing == (4.0, 3.0, 3.0) and info.patch_size == (48, 128, 128) and info.strides == (8, 8, 8)
+
+
+def test_a_four_channel_model_reads_its_own_sequences_from_the_case_folder(tmp_path):
+    """Channels come from the model: a brain-tumor-style 4-channel u-net analyses a folder of FLAIR/T1/T1ce/T2."""
+    from LiverTumorLRPLib.unet import UNet3D, UNetConfig, save_model
+
+    from LiverTumorLRPLib.case_io import read_case
+
+    keys = ["FLAIR", "T1", "T1ce", "T2"]
+    case = tmp_path / "case"
+    case.mkdir()
+    rng = np.random.default_rng(0)
+    for k in keys:
+        img = sitk.GetImageFromArray((100 + 10 * rng.standard_normal((7, 14, 15))).astype(np.float32))
+        img.SetSpacing((2.0, 2.0, 3.0))
+        sitk.WriteImage(img, str(case / f"{k}.nii.gz"))
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(in_channels=4, depth=2, base_channels=4, sequences=keys)).eval()
+    x = read_case(str(case), sequences=keys).image
+    with torch.no_grad():  # about 10 % predicted tumor
+        y = net(torch.from_numpy(np.pad(x, [(0, 0), (0, 1), (1, 1), (0, 1)]))[None])[0]
+        net.head.bias[1] -= float(torch.quantile((y[1] - y[0]).flatten(), 0.9))
+    model = save_model(net, tmp_path / "brain.safetensors")
+    r = _cli("analyze", str(case), "--out", str(tmp_path / "out"), "--model", str(model), "--device", "cpu",
+             "--preset", "epsilon", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "sequence_relevance.json").read_text())
+    assert [row["sequence"] for row in summary["sequences"]] == keys
+    assert abs(sum(summary["relevance"]) - 1) < 1e-6
+    for k in keys:
+        assert (tmp_path / "out" / f"relevance_{k}.nii.gz").exists()
+    (case / "T1ce.nii.gz").unlink()
+    r = _cli("analyze", str(case), "--out", str(tmp_path / "out2"), "--model", str(model), "--device", "cpu",
+             cwd=tmp_path)
+    assert r.returncode == 1 and "missing sequence(s) T1ce" in r.stderr and "Traceback" not in r.stderr

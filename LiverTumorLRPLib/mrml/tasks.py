@@ -1,7 +1,7 @@
 """The blocking in-process path: tasks (stack inputs, compute with torch, write nodes) for scripts and tests."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -96,6 +96,16 @@ class Job:
         return self.result
 
 
+def network_input(stacked: Inputs, net):
+    """The inputs as the network sees them (:func:`pipeline.prepare`: the model's spacing, its grid)."""
+    from ..case_io import Case
+    from ..pipeline import prepare
+    from .scene import sitk_image
+
+    reference = sitk_image(np.zeros(stacked.image.shape[1:], np.float32), stacked.ijk_to_ras)
+    return prepare(Case("scene", stacked.image, reference), net)
+
+
 def segment_task(inputs=None, model="bundled", device="auto", threshold: float = 0.5, name: str = "Liver tumor",
                  patch_size=None, scene=None) -> Task:
     """Task: predict the tumor and write a segmentation node and a probability volume."""
@@ -105,7 +115,9 @@ def segment_task(inputs=None, model="bundled", device="auto", threshold: float =
         from ..inference import predict
 
         net = get_model(model)
-        return predict(net, stacked.image, device, patch_size=patch_size, progress=progress)
+        p = network_input(stacked, net)
+        prob = predict(net, p.image, device, patch_size=patch_size, progress=progress)
+        return p.grid.to_case(prob, "probability")
 
     return Task("Segment", compute, lambda p: write_segmentation(p, stacked, name, threshold, scene),
                 list(stacked.messages))
@@ -140,15 +152,17 @@ def explain_region_task(inputs=None, model="bundled", region="predicted tumor", 
         from ..inference import predict
 
         net = get_model(model)
-        r = mask
+        p = network_input(stacked, net)
+        r = None if mask is None else p.grid.mask_to_network(mask)
         if r is None:
-            prob = predict(net, stacked.image, device, progress=progress.part(0.0, 0.3))
+            prob = predict(net, p.image, device, progress=progress.part(0.0, 0.3))
             r = prob > threshold if reg.kind == "predicted tumor" else prob <= threshold
             if not r.any():
                 raise ValueError(f"the model predicts no {'tumor' if reg.kind == 'predicted tumor' else 'background'}"
                                  " voxels in this case, so that region is empty")
             progress = progress.part(0.3, 1.0)
-        return region_relevance(net, stacked.image, r, c, preset, device, progress=progress)
+        rr = region_relevance(net, p.image, r, c, preset, device, progress=progress)
+        return replace(rr, maps=p.grid.to_case(rr.maps, "relevance"))
 
     def apply(rr):
         return write_relevance(rr.maps, stacked, name, rr.sequence_shares,
@@ -173,8 +187,10 @@ def analyze_sequences_task(inputs=None, model="bundled", preset="recommended", d
     def compute(progress):
         from ..explain import sequence_relevance
 
-        return sequence_relevance(get_model(model), stacked.image, preset, device, seed, max_voxels=max_voxels,
-                                  progress=progress)
+        net = get_model(model)
+        p = network_input(stacked, net)
+        sr = sequence_relevance(net, p.image, preset, device, seed, max_voxels=max_voxels, progress=progress)
+        return replace(sr, maps=p.grid.to_case(sr.maps, "relevance"))
 
     def apply(sr):
         return write_relevance(sr.maps, stacked, name, sr.shares,
