@@ -429,3 +429,30 @@ def test_bad_folders_give_one_line_naming_the_file(nnunet_models, tmp_path):
         assert "\n" not in msg and str(folder / file) in msg and words in msg, msg
     with pytest.raises(ValueError, match="fold_3"):
         load_nnunet(src, fold=3)
+
+
+# ---- the command line ---------------------------------------------------------------------------------------------
+def test_cli_analyze_with_an_nnunet_folder(nnunet_models, predictors, tmp_path, capsys):
+    """`liver-lrp analyze CASE --model FOLDER`: outputs on the case grid, shares computed on nnU-Net's grid."""
+    from LiverTumorLRPLib.cli import main
+
+    case = nnunet_models["cases"]["liver"]
+    folder = tmp_path / "case"
+    folder.mkdir()
+    for key, vol in zip(load_nnunet(nnunet_models["folders"]["liver"]).model_info.channels, case.raw):
+        im = sitk.GetImageFromArray(vol)
+        im.CopyInformation(case.reference)
+        sitk.WriteImage(im, str(folder / f"{key}.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["analyze", str(folder), "--model", nnunet_models["folders"]["liver"], "--out", str(out),
+                 "--device", "cpu"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["lesion_class"] == "tumor" and result["model_classes"] == ["background", "liver", "tumor"]
+    gm = load_nnunet(nnunet_models["folders"]["liver"]).grid_map_for(case)
+    assert tuple(result["network_grid"]) == gm.network_shape
+    assert abs(sum(r["relevance"] for r in result["sequences"]) - 1) < 1e-5
+    rel = sitk.ReadImage(str(out / "relevance_T1_20s.nii.gz"))
+    assert rel.GetSize() == case.reference.GetSize()
+    assert np.allclose(rel.GetSpacing(), case.reference.GetSpacing(), rtol=1e-6)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz")))
+    assert set(np.unique(labels)) <= {0, 1, 2} and result["tumor_voxels"] == int((labels == 2).sum())
