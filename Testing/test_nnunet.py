@@ -89,6 +89,9 @@ def nnunet_folder(dataset_id, channels, labels, train):
     with open(os.path.join(pre, "dataset.json")) as f:
         dataset_json = json.load(f)
     plans["continue_training"] = False
+    # fewer features than the planner's 32..256 (as a user may edit plans.json): fast on CI's 2 cores
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [8 * 2 ** i for i in range(len(arch["features_per_stage"]))]
     preprocess([dataset_id], plans_id, configurations=("3d_fullres",), num_processes=(1,), verbose=False)
     os.environ["nnUNet_n_proc_DA"] = "0"  # single-threaded data augmentation
     trainer = nnUNetTrainer(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
