@@ -53,7 +53,8 @@ _importBundledLibrary()
 from LiverTumorLRPLib.sequences import SEQUENCE_KEYS  # noqa: E402  (no torch needed)
 
 # Names of LiverTumorLRPLib.presets.PRESETS (kept here so that the module loads before torch is installed).
-PRESET_NAMES = ["recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-beta1", "epsilon-plus-flat"]
+PRESET_NAMES = ["recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-beta1", "epsilon-plus-flat",
+                "reference-blur", "reference-mean"]
 # Python packages the worker needs besides torch; never numpy, SimpleITK or vtk (Slicer's own).
 PIP_REQUIREMENTS = {"safetensors": "safetensors>=0.4,<1", "scipy": "scipy>=1.9,<2", "tqdm": "tqdm>=4.60,<5",
                     "matplotlib": "matplotlib>=3.6,<4"}

@@ -203,18 +203,40 @@ def case_files(path: str, sequences=None) -> tuple[str, dict[str, str]]:
     return name, files
 
 
-def find_cases(root: str) -> list[str]:
-    """Every case folder under ``root`` (one with a T1_15min image or a case.json), sorted; not inside cases."""
+def _names_a_sequence(folder: str, entry: str) -> bool:
+    """True for an image file or DICOM folder named by a sequence key, or a name ``guess_sequence`` recognises.
+
+    A guessed sub-folder name counts only for a leaf folder (files, no sub-folders: a DICOM series), so a
+    cohort folder called e.g. ``native_study`` is searched, not taken for a case."""
+    path = os.path.join(folder, entry)
+    if os.path.isdir(path):
+        if entry.lower() in {k.lower() for k in SEQUENCE_KEYS}:
+            return True
+        try:
+            inner = _folder_entries(path)
+        except OSError:
+            return False
+        leaf = bool(inner) and not any(os.path.isdir(os.path.join(path, e)) for e in inner)
+        return leaf and guess_sequence(entry) is not None
+    stem, _ = _split_ext(entry)
+    return bool(stem) and guess_sequence(stem) is not None
+
+
+def find_cases(root: str, exclude=()) -> list[str]:
+    """Every case folder under ``root``, sorted: a folder holding a ``case.json`` or any sequence file or DICOM
+    folder (by key or a name :func:`sequences.guess_sequence` recognises), so that a case missing some
+    sequences is found (and then fails with its reason) rather than dropped.  A case's own sub-folders are
+    not searched; folders in ``exclude`` (e.g. the output folder) are skipped."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root} is not a folder")
+    skip = {os.path.realpath(os.fspath(e)) for e in exclude}
     cases = []
-    ref = REFERENCE_KEY.lower()
     for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        is_case = CASE_JSON in names or any(_split_ext(n)[0].lower() == ref for n in names) \
-            or any(d.lower() == ref for d in dirs)
-        if is_case:
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(folder, d)) not in skip)
+        visible = [n for n in names if not n.startswith(".")]
+        if CASE_JSON in visible or any(_names_a_sequence(folder, e) for e in (*visible, *dirs)):
             cases.append(folder)
             dirs[:] = []
     return sorted(cases)

@@ -20,6 +20,7 @@ COMMANDS = {
     "cohort": ("cohort", "sequence relevance over every case under a folder, Fig. 1 and an HTML report"),
     "validate": ("validate", "faithfulness checks: known truth, randomisation, Shapley, AOPC; compares presets"),
     "demo": ("commands", "the main job on a generated phantom case: segment, analyse, pictures"),
+    "web": ("web", "the browser page (trame-slicer): load, segment, explain, sequence relevance"),
 }
 
 

@@ -1,22 +1,29 @@
 """``liver-lrp cohort ROOT --out DIR``: the paper's analysis over a cohort (its Fig. 1), resumable.
 
-Per case (a folder under ROOT): the Sec. 2.3 analysis (:func:`pipeline.analyze_case`), and where a
-label exists, Dice and tumor-class Eq. 2 relevance of each true-positive and false-negative
-tumor component (the poster's figures).  ``result.json`` is written last in each case folder,
-so re-running skips finished cases and a run killed at any moment loses none.  A case that
-fails is reported with its reason (``error.txt``) and skipped; the exit code is 1 if any failed.
-Then: ``cohort.csv`` (one row per case, one column per sequence), ``cohort_relevance.png`` (Fig. 1)
-and ``report.html`` (self-contained: every figure embedded).
+Every folder under ROOT holding a sequence file or a case.json is a case (:func:`case_io.find_cases`);
+per case: the Sec. 2.3 analysis (:func:`pipeline.analyze_case`), and where a label exists, Dice and
+tumor-class Eq. 2 relevance of each true-positive and false-negative tumor component (the poster's
+figures).  ``result.json`` is written last in each case folder, so re-running skips finished cases and a
+run killed at any moment loses none.  A case that fails (a missing, unreadable or mismatched sequence...)
+is reported with its reason (``error.txt``, the CSV, the report) and skipped; the exit code is 1 if any
+failed.  Then, once, by this process: ``cohort.csv`` (one row per case, one column per sequence),
+``cohort_relevance.png`` (Fig. 1) and ``report.html`` (self-contained: every figure embedded).
+
+Cases run one after another in this process, or as one Dask task each (``--workers N``: a LocalCluster
+of N processes on 127.0.0.1; ``--scheduler ADDRESS``: an existing cluster whose workers share the output
+folder).  A worker loads the model once and writes the case's outputs itself, atomically.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import html
 import io
+import json
 import os
+import threading
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Optional
 
 import numpy as np
@@ -35,7 +42,12 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--model", default="bundled")
     p.add_argument("--preset", default="recommended", choices=list(PRESETS))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--workers", type=int, default=1, help="cases run in parallel (capped by cores and memory)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="N > 1: cases run in parallel on a Dask LocalCluster of N processes on 127.0.0.1 (capped by "
+                        "cores and memory); 1 (default): one after another in this process")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the cases on a Dask cluster (tcp://HOST:PORT of `dask scheduler`); its workers must see "
+                        "ROOT, the model and --out at the same paths")
     p.add_argument("--memory-per-case", type=float, default=3.0, help="GB one case needs (caps --workers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--background", default="random", choices=["random", "shell"])
@@ -96,18 +108,52 @@ def explain_components(case, net, segmentation: np.ndarray, out: str, preset, de
     return results
 
 
+_LOADED = threading.local()
+
+
+def cached_model(spec):
+    """The model ``spec`` loaded once per process and thread (a Dask worker keeps it across its cases)."""
+    from .models import load_model
+
+    if not isinstance(spec, (str, os.PathLike)):
+        return load_model(spec, device="cpu")
+    try:
+        key = (os.fspath(spec), os.stat(spec).st_mtime_ns)
+    except OSError:
+        key = (os.fspath(spec), None)
+    cache = _LOADED.__dict__.setdefault("models", {})
+    if key not in cache:
+        cache[key] = load_model(spec, device="cpu")
+    return cache[key]
+
+
+def _remove_temporaries(out: str) -> None:
+    """Hidden temporaries of the atomic writers left by a process killed mid-write (never a visible file)."""
+    import shutil
+
+    if os.path.isdir(out):
+        for entry in os.listdir(out):
+            if entry.startswith(".") and ".tmp-" in entry:
+                path = os.path.join(out, entry)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+
+
 def run_case(case_dir: str, out: str, model, preset, device, seed, background, max_voxels, patch_size,
              max_components: int, threads: Optional[int] = None) -> dict:
-    """One case of a cohort; writes ``result.json`` last.  Runs in a worker process when ``--workers > 1``."""
+    """One case of a cohort; writes ``result.json`` last.  Raises on a bad case."""
+    _remove_temporaries(out)
+    case = read_case(case_dir)
     import torch
 
     from . import pipeline
-    from .models import load_model
 
     if threads:
         torch.set_num_threads(threads)
-    case = read_case(case_dir)
-    net = load_model(model, device="cpu")
+    net = cached_model(model)
     summary = pipeline.analyze_case(case, out, net, preset, device, seed, background, max_voxels, patch_size,
                                     finalize=False)
     if case.label is not None and case.label.any():
@@ -126,32 +172,44 @@ def read_seg(out: str) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "tumor_segmentation.nii.gz"))).astype(bool)
 
 
+def _read_result(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def case_names(root: str, cases: list[str]) -> list[str]:
+    """Output sub-folder of each case: its path under ``root`` (``centre_a/p001``), so equal names never collide."""
+    names = [os.path.relpath(c, root).replace(os.sep, "/") for c in cases]
+    return [os.path.basename(os.path.abspath(root)) if n == "." else n for n in names]
+
+
 def run_cohort(root: str, out: str, model="bundled", preset="recommended", device="auto", workers: int = 1,
                seed: int = 0, background: str = "random", max_voxels=None, patch_size=None, max_components: int = 3,
-               memory_per_case: float = 3.0, progress=None) -> dict:
-    """Run every case under ``root``; returns ``{"results": {name: summary}, "failures": {name: reason}}``."""
-    from .models import load_model
+               memory_per_case: float = 3.0, progress=None, scheduler: Optional[str] = None) -> dict:
+    """Run every case under ``root``; returns ``{"results": {name: summary}, "failures": {name: reason}, ...}``.
 
-    cases = find_cases(root)
+    ``workers > 1`` runs the cases on a Dask LocalCluster, ``scheduler`` on an existing Dask cluster
+    (see :func:`run_on_dask`); otherwise one after another in this process.
+    """
+    root, out = os.path.abspath(root), os.path.abspath(out)  # the same paths on every worker
+    cases = find_cases(root, exclude=[out])
     if not cases:
-        raise ValueError(f"{root}: no case folders found (a case folder holds T1_15min and the other sequences, "
-                         "or a case.json)")
-    load_model(model, device="cpu")  # fail early on a bad model, before any case
+        raise ValueError(f"{root}: no case folders found (a case folder holds the sequence files "
+                         "T2, T1_plain, T1_20s, T1_60s, T1_120s, T1_15min, or DICOM folders so named, or a case.json)")
+    if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
+        model = os.path.abspath(model)
+    cached_model(model)  # fail early on a bad model, before any case
     os.makedirs(out, exist_ok=True)
     results, failures, todo = {}, {}, []
-    for case_dir in cases:
-        name = os.path.basename(os.path.normpath(case_dir))
+    for name, case_dir in zip(case_names(root, cases), cases):
         done = os.path.join(out, name, RESULT)
         if os.path.exists(done):
-            import json
-
-            with open(done) as f:
-                results[name] = json.load(f)
+            results[name] = _read_result(done)
         else:
             todo.append((name, case_dir))
-    n_workers = effective_workers(workers, memory_per_case)
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
     args = (model, preset, device, seed, background, max_voxels, patch_size, max_components)
+    if progress:
+        progress(len(results), len(cases), None, None)
 
     def finished(name, summary=None, error=None):
         if error is None:
@@ -162,7 +220,11 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
         if progress:
             progress(len(results) + len(failures), len(cases), name, error)
 
-    if n_workers == 1:
+    if scheduler or (workers or 1) > 1:
+        n_workers = run_on_dask(todo, out, args, finished, scheduler=scheduler,
+                                workers=None if scheduler else effective_workers(workers, memory_per_case))
+    else:
+        n_workers = 1
         for name, case_dir in todo:
             try:
                 finished(name, run_case(case_dir, os.path.join(out, name), *args))
@@ -170,25 +232,124 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
                 raise
             except Exception as exc:  # a bad case is reported and skipped
                 finished(name, error=_reason(exc))
-    else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_case, case_dir, os.path.join(out, name), *args, threads=threads): name
-                       for name, case_dir in todo}
-            for fut in as_completed(futures):
-                try:
-                    finished(futures[fut], fut.result())
-                except Exception as exc:
-                    finished(futures[fut], error=_reason(exc))
     write_cohort_outputs(out, results, failures)
     return {"results": results, "failures": failures, "skipped": len(cases) - len(todo), "workers": n_workers}
 
 
+# --------------------------------------------------------------------------- Dask distributed
+
+ALLOWED_FAILURES = 2  # a case whose worker dies is retried at most twice, then reported (KilledWorker)
+RETRIES = 2           # the same for an unexpected exception (bad input fails at once, without retry)
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ValueError("--workers N > 1 and --scheduler run the cases on Dask distributed, which is not "
+                         "installed: pip install 'LiverTumorLRP[dask]'") from None
+    return distributed
+
+
+def local_cluster(n_workers: int, device: str = "auto", **kwargs):
+    """A Dask LocalCluster on 127.0.0.1: ``n_workers`` processes of one thread (one case at a time each);
+    with ``device="cuda"`` each worker offers the resource ``GPU=1`` that every case task asks for."""
+    import logging
+
+    distributed = _distributed()
+    options = dict(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                   dashboard_address="127.0.0.1:0", memory_limit=0, silence_logs=logging.ERROR,
+                   scheduler_kwargs={"allowed_failures": ALLOWED_FAILURES, "dashboard": False},
+                   resources={"GPU": 1} if device == "cuda" else None)
+    return distributed.LocalCluster(**{**options, **kwargs})
+
+
+def _case_task(case_dir: str, out: str, args: tuple, threads_per_host: dict) -> dict:
+    """One case on a Dask worker: ``{"summary": ...}`` or ``{"error": reason}`` for bad input (not retried).
+
+    A case already finished (its worker died after ``result.json``) is returned as is.  Other exceptions
+    propagate, so Dask retries the case.  Torch gets the worker's cores divided by the cases running at once
+    on its host (``threads_per_host``).
+    """
+    done = os.path.join(out, RESULT)
+    if os.path.exists(done):
+        return {"summary": _read_result(done)}
+    from distributed import get_worker
+    from distributed.comm import get_address_host
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // threads_per_host.get(get_address_host(get_worker().address), 1))
+    try:
+        return {"summary": run_case(case_dir, out, *args, threads=threads)}
+    except (ValueError, FileNotFoundError) as exc:
+        return {"error": _reason(exc)}
+
+
+def run_on_dask(todo, out: str, args: tuple, finished, scheduler: Optional[str] = None,
+                workers: Optional[int] = None) -> int:
+    """One Dask task per case of ``todo`` (``[(name, case_dir)]``); ``finished(name, summary, error)`` is called
+    as each task completes (it drives the progress bar).  Returns the number of workers.
+
+    The workers write each case's outputs into ``out`` themselves (atomically; the folder must be shared)
+    and return the summary.  A task needs the resource ``GPU=1`` when the device is ``cuda``.  Ctrl-C
+    cancels every task (outputs written so far are complete files; the case's ``result.json`` is not).
+    """
+    distributed = _distributed()
+    device = args[2]
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            try:
+                client = stack.enter_context(distributed.Client(scheduler, timeout="20s"))
+            except (OSError, TimeoutError) as exc:
+                raise ValueError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from None
+        else:
+            cluster = stack.enter_context(local_cluster(workers, device))
+            client = stack.enter_context(distributed.Client(cluster))
+            client.wait_for_workers(workers)
+        resources = {"GPU": 1} if device == "cuda" else None
+        info = client.scheduler_info()["workers"]
+        if resources and info and not any(w.get("resources", {}).get("GPU") for w in info.values()):
+            raise ValueError(f"--device cuda: no worker of {scheduler or 'the cluster'} offers the resource GPU; "
+                             "start them with `dask worker ADDRESS --nthreads 1 --resources GPU=1`")
+        per_host: dict = {}  # cases that can run at once on each host
+        for address, w in info.items():
+            slots = min(w["nthreads"], int(w.get("resources", {}).get("GPU", 0))) if resources else w["nthreads"]
+            host = distributed.comm.get_address_host(address)
+            per_host[host] = per_host.get(host, 0) + max(slots, 1)
+        futures = {client.submit(_case_task, case_dir, os.path.join(out, name), args, per_host,
+                                 key=f"liver-lrp-case-{name}-{os.urandom(4).hex()}", retries=RETRIES,
+                                 resources=resources, pure=False): name
+                   for name, case_dir in todo}
+        try:
+            for fut in distributed.as_completed(futures):
+                name = futures.pop(fut)
+                if fut.status == "finished":
+                    r = fut.result()
+                    finished(name, r.get("summary"), r.get("error"))
+                else:
+                    finished(name, error=_reason(fut.exception()))
+                fut.release()
+        except BaseException:
+            client.cancel(list(futures))
+            raise
+        return len(info)
+
+
 def _reason(exc: BaseException) -> str:
+    if type(exc).__name__ == "KilledWorker":
+        return f"the worker died while running this case, {ALLOWED_FAILURES + 1} times (KilledWorker)"
     if isinstance(exc, (ValueError, FileNotFoundError)):
         return f"{type(exc).__name__}: {exc}"
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def _channels(results: dict) -> tuple[list, list]:
+    """The model's channel keys and display names, as the case summaries record them."""
+    for r in results.values():
+        rows = r.get("sequences")
+        if rows:
+            return [row["sequence"] for row in rows], [row["display_name"] for row in rows]
+    return list(SEQUENCE_KEYS), list(DISPLAY_NAMES)
 
 
 def write_cohort_outputs(out: str, results: dict, failures: dict) -> None:
@@ -196,21 +357,26 @@ def write_cohort_outputs(out: str, results: dict, failures: dict) -> None:
     from .figures import cohort_figure, png_data_uri
 
     names = sorted(results)
+    keys, _ = _channels(results)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["case", "status", "dice", "tumor_voxels", *SEQUENCE_KEYS])
+    w.writerow(["case", "status", "dice", "tumor_voxels", *keys, "reason"])
     for name in names:
         r = results[name]
         w.writerow([name, "ok", f"{r['dice']:.4f}" if "dice" in r else "", r.get("tumor_voxels", ""),
-                    *[f"{v:.6f}" for v in r["relevance"]]])
+                    *[f"{v:.6f}" for v in r["relevance"]], ""])
     for name in sorted(failures):
-        w.writerow([name, "failed", "", "", *[""] * len(SEQUENCE_KEYS)])
+        w.writerow([name, "failed", "", "", *[""] * len(keys), failures[name]])
     write_text(buf.getvalue(), os.path.join(out, "cohort.csv"))
     fig = None
     if names:
         shares = np.array([results[n]["relevance"] for n in names])
+        spread = all("relevance_p2.5" in results[n] for n in names)  # resampled regions B
+        low, high = ([results[n][k] for n in names] for k in ("relevance_p2.5", "relevance_p97.5")) if spread \
+            else (None, None)
         fig = cohort_figure(names, shares, os.path.join(out, "cohort_relevance.png"),
-                            title=f"Normalised relevance per sequence, {len(names)} cases")
+                            title=f"Normalised relevance per sequence, {len(names)} cases"
+                                  + (" (bars: 95 % of resampled B)" if spread else ""), low=low, high=high)
     write_text(_report_html(out, names, results, failures, fig, png_data_uri), os.path.join(out, "report.html"))
 
 
@@ -222,7 +388,7 @@ def _report_html(out, names, results, failures, fig, uri) -> str:
         cells = "".join(f"<td>{v:+.3f}</td>" for v in r["relevance"])
         dice = f"{r['dice']:.3f}" if "dice" in r else "&ndash;"
         rows.append(f"<tr><td>{e(n)}</td><td>{dice}</td><td>{r.get('tumor_voxels', '')}</td>{cells}</tr>")
-    head = "".join(f"<th>{e(d)}</th>" for d in DISPLAY_NAMES)
+    head = "".join(f"<th>{e(d)}</th>" for d in _channels(results)[1])
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>LiverTumorLRP cohort report</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
@@ -254,11 +420,14 @@ def _report_html(out, names, results, failures, fig, uri) -> str:
 def run(args) -> int:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(find_cases(args.root)), desc="cohort", unit="case")
+    if args.scheduler and args.workers:
+        raise ValueError("use either --scheduler (an existing Dask cluster) or --workers (a local one)")
+    bar = tqdm(total=0, desc="cohort", unit="case")
 
     def progress(done, total, name, error):
-        bar.n = done
-        bar.set_postfix_str(f"{name}: {'FAILED' if error else 'ok'}")
+        bar.total, bar.n = total, done
+        if name is not None:
+            bar.set_postfix_str(f"{name}: {'FAILED' if error else 'ok'}")
         bar.refresh()
         if error:
             tqdm.write(f"case {name} failed: {error}")
@@ -266,10 +435,10 @@ def run(args) -> int:
     try:
         res = run_cohort(args.root, args.out, args.model, args.preset, args.device, args.workers, args.seed,
                          args.background, args.max_voxels, tuple(args.patch) if args.patch else None,
-                         args.max_components, args.memory_per_case, progress)
+                         args.max_components, args.memory_per_case, progress, args.scheduler)
     finally:
         bar.close()
-    print(f"{len(res['results'])} cases done ({res['skipped']} already finished), {len(res['failures'])} failed, "
+    print(f"{len(res['results'])} done, {len(res['failures'])} failed ({res['skipped']} already finished), "
           f"{res['workers']} worker(s) -> {args.out}/report.html")
     for name, reason in sorted(res["failures"].items()):
         print(f"FAILED {name}: {reason}")

@@ -64,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser, name: str):
         p.add_argument("--background", default="random", choices=["random", "shell"],
                        help="how the predicted-background region B is chosen")
         p.add_argument("--max-voxels", type=int, default=None, help="use at most this many voxels in T and in B")
+        p.add_argument("--resamples", type=int, default=10,
+                       help="draws of the random region B for the shares' spread and exact expectation (0: one)")
 
 
 def _read(args, net):
@@ -81,7 +83,9 @@ def _patch(args):
 
 def _print_shares(summary: dict):
     for row in summary["sequences"]:
-        print(f"  {row['display_name']:10s} {row['relevance']:+.3f}")
+        spread = (f"  (95 % of resampled B: {row['relevance_p2.5']:+.3f} to {row['relevance_p97.5']:+.3f}; "
+                  f"expected {row['relevance_expected']:+.3f})") if "relevance_expected" in row else ""
+        print(f"  {row['display_name']:10s} {row['relevance']:+.3f}{spread}")
 
 
 def run(args) -> int:
@@ -105,7 +109,8 @@ def run(args) -> int:
                                             args.device, patch, bar)
         else:
             summary = pipeline.analyze_case(case, args.out, net, args.preset, args.device, args.seed,
-                                            args.background, args.max_voxels, patch, bar)
+                                            args.background, args.max_voxels, patch, bar,
+                                            resamples=args.resamples)
     print(f"{case.name}: {summary['title']} ({args.preset}) -> {args.out}")
     _print_shares(summary)
     return 0

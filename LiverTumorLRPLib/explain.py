@@ -144,23 +144,29 @@ class _Engine:
             S_all[(slice(None),) + win.padded] += S[0].cpu() * w
         return self.plan.crop(y_all), self.plan.crop(S_all)
 
-    def backward(self, out_weights: torch.Tensor) -> torch.Tensor:
-        """Input relevance (C, D, H, W) of output relevance ``out_weights * y`` (both on the original grid)."""
-        out_weights = self.plan.uncrop(out_weights.to(self.dtype))
-        M = torch.zeros_like(self.x)
-        todo = [win for win in self.plan.windows if bool(out_weights[(slice(None),) + win.padded].any())]
+    def backward(self, out_weights):
+        """Input relevance (C, D, H, W) of output relevance ``out_weights * y`` (both on the original grid).
+
+        ``out_weights``: one (K, D, H, W) tensor, or a list of them: one forward per window then, shared by
+        one backward pass per weighting (the graph is kept between them)."""
+        many = isinstance(out_weights, (list, tuple))
+        sets = [self.plan.uncrop(torch.as_tensor(w).to(self.dtype)) for w in (out_weights if many else [out_weights])]
+        maps = [torch.zeros_like(self.x) for _ in sets]
+        todo = [win for win in self.plan.windows if any(bool(w[(slice(None),) + win.padded].any()) for w in sets)]
         for i, win in enumerate(todo):
             self.progress(i / max(len(todo), 1), f"relevance, patch {i + 1}/{len(todo)}")
-            g = out_weights[(slice(None),) + win.padded] * torch.from_numpy(self.plan.normalised_weight(win)).to(
-                self.dtype)
+            blend = torch.from_numpy(self.plan.normalised_weight(win)).to(self.dtype)
+            used = [k for k, w in enumerate(sets) if bool(w[(slice(None),) + win.padded].any())]
             if self._graph is not None:
                 (y, s), self._graph = self._graph, None
             else:
                 box, expand = self._box(win)
                 y, s = self.lrp.forward(box, self.bounds, expand=expand)
-            (m,) = torch.autograd.grad(y, s, g[None].to(y))
-            M[(slice(None),) + win.box] += m[0].cpu()
-        return M
+            for j, k in enumerate(used):
+                g = (sets[k][(slice(None),) + win.padded] * blend)[None].to(y)
+                (m,) = torch.autograd.grad(y, s, g, retain_graph=j < len(used) - 1)
+                maps[k][(slice(None),) + win.box] += m[0].cpu()
+        return maps if many else maps[0]
 
 
 def _exclude(S_A: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -222,49 +228,63 @@ def relevance(model, x, seed, preset=DEFAULT_PRESET, device="auto", bounds=None,
 
 
 # ---- Eq. 2 -----------------------------------------------------------------------------------------------------
-def _normalised_seed(S: torch.Tensor, weights: torch.Tensor, threshold: float):
-    """Eq. 2's seed ``w_{c,a} / S_a^c`` over all classes and voxels with ``w != 0``; voxels whose ``S_a``
-    is (near) zero are left out.  Returns the seed and the number left out."""
-    seed = torch.zeros_like(S)
-    excluded = 0
+def _normalised_seeds(S: torch.Tensor, weight_sets, threshold: float):
+    """Eq. 2's seeds ``w_{c,a} / S_a^c`` for each weight set; voxels whose ``S_a`` is (near) zero are left
+    out, by one rule for all sets (:func:`_exclude` over every voxel any set weights, per class).
+    Returns the seeds and, per set, the number of weighted voxels left out."""
+    seeds = [torch.zeros_like(S) for _ in weight_sets]
+    excluded = [0] * len(weight_sets)
     for c in range(S.shape[0]):
-        sel = weights[c] != 0
-        if not bool(sel.any()):
+        support = torch.zeros(S.shape[1:], dtype=torch.bool)
+        for w in weight_sets:
+            support |= w[c] != 0
+        if not bool(support.any()):
             continue
-        S_A = S[c][sel]
+        S_A = S[c][support]
         keep = _exclude(S_A, threshold)
-        excluded += int((~keep).sum())
-        seed[c][sel] = torch.where(keep, weights[c][sel] / torch.where(keep, S_A, torch.ones_like(S_A)),
-                                   torch.zeros_like(S_A))
-    return seed, excluded
+        inv = torch.zeros_like(S[c])
+        inv[support] = torch.where(keep, 1.0 / torch.where(keep, S_A, torch.ones_like(S_A)), torch.zeros_like(S_A))
+        dropped = torch.zeros(S.shape[1:], dtype=torch.bool)
+        dropped[support] = ~keep
+        for n, w in enumerate(weight_sets):
+            seeds[n][c] = w[c] * inv
+            excluded[n] += int((dropped & (w[c] != 0)).sum())
+    return seeds, excluded
 
 
-def weighted_region_relevance(model, x, weights, preset=DEFAULT_PRESET, device="auto",
-                              threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None,
-                              overlap: Optional[float] = None, progress=None, cancel=None, _with_output=False):
-    """Eq. 2 with a weight per class and voxel: ``M = sum_{c,a} w_{c,a} M_a^c / sum(M_a^c)``.
+def _weighted(model, image, weights, preset, device, threshold, bounds, patch_size, overlap, progress, cancel):
+    """Eq. 2 with per-voxel weights for several weight sets: ``(maps, excluded, S, y)``, maps and counts per set.
 
-    ``weights``: (K, D, H, W); a region A of class i is ``w = 1_A`` on channel i.  Exact, in one
-    forward(-mode) pass and one backward pass per window whatever the weights (LRP is linear in the
-    seeded relevance).  Returns ``(M, n_excluded, S)`` (and the blended output with ``_with_output``).
-    """
-    image, _ = _as_image(x)
-
+    ``weights``: a list of (K, D, H, W) arrays, or ``weights(y)`` giving one from the blended output ``y``.
+    One forward(-mode) pass for every ``S_a``, then one backward pass per set (LRP is linear in the seed)."""
     def work(eng):
         prog = eng.progress
         eng.progress = prog.part(0.0, 0.5)
         y, S = eng.sums()
-        w = torch.as_tensor(np.asarray(weights(y) if callable(weights) else weights)).to(eng.dtype)
-        if tuple(w.shape) != tuple(S.shape):
-            raise ValueError(f"weights of shape {tuple(w.shape)}; expected {tuple(S.shape)} (classes, D, H, W)")
-        seed, excluded = _normalised_seed(S, w, threshold)
+        sets = weights(y) if callable(weights) else weights
+        sets = [torch.as_tensor(np.asarray(w)).to(eng.dtype) for w in sets]
+        for w in sets:
+            if tuple(w.shape) != tuple(S.shape):
+                raise ValueError(f"weight set shape {tuple(w.shape)} does not match (classes, D, H, W) "
+                                 f"{tuple(S.shape)}")
+        seeds, excluded = _normalised_seeds(S, sets, threshold)
         eng.progress = prog.part(0.5, 1.0)
-        M = eng.backward(seed)
+        maps = [m.numpy() for m in eng.backward(seeds)]
         prog(1.0, "region relevance done")
-        out = (M.numpy(), excluded, S.numpy())
-        return out + (y.numpy(), w.numpy()) if _with_output else out
+        return maps, excluded, S.numpy(), y.numpy()
 
     return _run(model, image, preset, device, patch_size, overlap, bounds, progress, cancel, work)
+
+
+def weighted_relevance(model, x, weights, preset=DEFAULT_PRESET, device="auto", threshold: float = DEFAULT_THRESHOLD,
+                       bounds=None, patch_size=None, overlap: Optional[float] = None, progress=None,
+                       cancel=None) -> list:
+    """Eq. 2 with per-voxel weights ``w_{c,a}``: ``sum_{c,a} w_{c,a} M_a^c / sum(M_a^c)`` (C, D, H, W) for each
+    weight set ``(K, D, H, W)`` in ``weights`` (``1_A`` on class i is Eq. 2's ``M_A^i``).  All sets cost one
+    forward-mode pass and one backward pass each; near-zero ``S_a`` are left out as in :func:`region_relevance`."""
+    image, _ = _as_image(x)
+    return _weighted(model, image, list(weights), preset, device, threshold, bounds, patch_size, overlap, progress,
+                     cancel)[0]
 
 
 def region_relevance(model, x, region, cls="tumor", preset=DEFAULT_PRESET, device="auto",
@@ -285,11 +305,11 @@ def region_relevance(model, x, region, cls="tumor", preset=DEFAULT_PRESET, devic
     def weights(y):
         w = np.zeros(tuple(y.shape), dtype=np.float32)
         w[c][mask] = 1.0
-        return w
+        return [w]
 
-    M, excluded, S = weighted_region_relevance(model, image, weights, preset, device, threshold, bounds,
-                                               patch_size, overlap, progress, cancel)
-    return RegionRelevance(M.astype(np.float32), c, int(mask.sum()), excluded, S[c][mask])
+    maps, excluded, S, _ = _weighted(model, image, weights, preset, device, threshold, bounds, patch_size, overlap,
+                                     progress, cancel)
+    return RegionRelevance(maps[0].astype(np.float32), c, int(mask.sum()), excluded[0], S[c][mask])
 
 
 def region_relevance_loop(model, x, region, cls="tumor", preset=DEFAULT_PRESET, device="cpu",
@@ -361,19 +381,31 @@ def choose_regions(pred_tumor: np.ndarray, seed: int = 0, background: str = "ran
     return tumor, choose_background(pred_tumor, n, seed, background)
 
 
-def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int = 0, background: str = "random",
-                       max_voxels: Optional[int] = None, threshold: float = DEFAULT_THRESHOLD, bounds=None,
-                       patch_size=None, overlap: Optional[float] = None, progress=None, cancel=None,
-                       regions=None) -> SequenceRelevance:
-    """Sec. 2.3: share of each sequence in ``M = M_B^0 + M_T^1`` (normalised to sum 1).
+def _sec23_weights(pred: np.ndarray, lesion: int, tumor: np.ndarray, back: np.ndarray, n_classes: int) -> np.ndarray:
+    """Sec. 2.3's seed weights: T for the lesion class, each voxel of B for its predicted (non-lesion) class.
+    ``tumor``/``back`` may be weights in [0, 1] instead of masks (the expectation over random regions)."""
+    w = np.zeros((n_classes,) + pred.shape, dtype=np.float64)
+    w[lesion] = tumor
+    back_cls = np.where(pred == lesion, 0 if lesion != 0 else 1, pred)
+    for c in range(n_classes):
+        if c != lesion:
+            w[c] = np.where(back_cls == c, back, 0.0)
+    return w
 
-    T: the voxels predicted as the model's lesion class (``tumor``; a seeded random subset of ``max_voxels``
-    if given, or if there are more T than other voxels), explained for that class; B: as many voxels
-    predicted as any other class (:func:`choose_background`), each explained for its predicted class
-    (class 0, background, for the paper's two-class model).  ``regions=(T, B)`` gives both regions
-    instead (e.g. the original model's, for a randomised model).  Both Eq. 2 maps come from one
-    forward(-mode) pass and one backward pass (LRP is linear in the seed).
-    """
+
+def _shares(M: np.ndarray):
+    """Channel sums of M over its total, and the positive and negative mass per channel over the total."""
+    flat = M.reshape(M.shape[0], -1).astype(np.float64)
+    total = float(flat.sum())
+    if not np.isfinite(total) or abs(total) < 1e-12:
+        raise ValueError("the relevance map sums to zero; sequence shares are undefined")
+    return (flat.sum(axis=1) / total, np.clip(flat, 0, None).sum(axis=1) / total,
+            np.clip(flat, None, 0).sum(axis=1) / total)
+
+
+def _sequence_relevance(model, x, preset, device, seed, background, max_voxels, threshold, bounds, patch_size,
+                        overlap, progress, cancel, regions=None, resamples: int = 0):
+    """Sec. 2.3 for the first draw of (T, B) and, with ``resamples``, K draws and the exact expectation."""
     image, _ = _as_image(x)
     spatial = image.shape[1:]
     lrp = as_lrp(model, preset)
@@ -391,30 +423,106 @@ def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int
             if n == 0 or int(back.sum()) != n:
                 raise ValueError(f"regions T and B must be non-empty and equally large, got {n} and "
                                  f"{int(back.sum())} voxels")
+            draws = [(tumor, back)]
         else:
-            tumor, back = choose_regions(pred_tumor, seed, background, max_voxels)
-        chosen.update(tumor=tumor, back=back, n_pred=int(pred_tumor.sum()))
-        w = np.zeros(tuple(y.shape), dtype=np.float32)
-        w[lesion][tumor] = 1.0
-        back_cls = np.where(pred == lesion, 0 if lesion != 0 else 1, pred)  # given B: a non-lesion class
-        for c in np.unique(back_cls[back]):
-            w[c][back & (back_cls == c)] = 1.0
-        return w
+            draws = [choose_regions(pred_tumor, seed + k, background, max_voxels) for k in range(max(resamples, 1))]
+        chosen.update(draws=draws, n_pred=int(pred_tumor.sum()), expected=False)
+        sets = [_sec23_weights(pred, lesion, t, b, info.n_classes) for t, b in draws]
+        if resamples and regions is None and background == "random":
+            # E[M] over uniformly random regions: weight n/N on every candidate (M is linear in the seed)
+            n = int(draws[0][0].sum())
+            t = pred_tumor * (n / pred_tumor.sum())
+            b = ~pred_tumor * (n / (~pred_tumor).sum())
+            sets.append(_sec23_weights(pred, lesion, t, b, info.n_classes))
+            chosen["expected"] = True
+        return sets
 
-    M, excluded, _ = weighted_region_relevance(lrp, image, weights, preset, device, threshold, bounds, patch_size,
-                                               overlap, progress, cancel)
-    flat = M.reshape(M.shape[0], -1)
-    total = float(flat.sum())
-    if not np.isfinite(total) or abs(total) < 1e-12:
-        raise ValueError("the relevance map sums to zero; sequence shares are undefined")
-    pos = np.clip(flat, 0, None).sum(axis=1) / total
-    neg = np.clip(flat, None, 0).sum(axis=1) / total
-    n = int(chosen["tumor"].sum())
-    return SequenceRelevance(flat.sum(axis=1) / total, pos, neg, M.astype(np.float32), n, n, excluded,
-                             chosen["n_pred"], chosen["tumor"], chosen["back"], info.channels,
-                             info.display_names, info.classes[lesion])
+    maps, excluded, _, _ = _weighted(lrp, image, weights, preset, device, threshold, bounds, patch_size, overlap,
+                                     progress, cancel)
+    tumor, back = chosen["draws"][0]
+    n = int(tumor.sum())
+    shares, pos, neg = _shares(maps[0])
+    fields = (shares, pos, neg, maps[0].astype(np.float32), n, n, excluded[0], chosen["n_pred"], tumor, back,
+              info.channels, info.display_names, info.classes[lesion])
+    if not resamples:
+        return SequenceRelevance(*fields)
+    draws = np.array([_shares(m)[0] for m in maps[:resamples]])
+    expected = maps[-1] if chosen["expected"] else None
+    return SequenceRelevanceInterval(*fields, draws, None if expected is None else _shares(expected)[0],
+                                     None if expected is None else expected.astype(np.float32))
 
 
-__all__ = ["relevance", "region_relevance", "region_relevance_loop", "weighted_region_relevance", "sequence_relevance", "choose_background",
-           "choose_regions",
-           "RegionRelevance", "SequenceRelevance", "LRP"]
+def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int = 0, background: str = "random",
+                       max_voxels: Optional[int] = None, threshold: float = DEFAULT_THRESHOLD, bounds=None,
+                       patch_size=None, overlap: Optional[float] = None, progress=None, cancel=None,
+                       regions=None) -> SequenceRelevance:
+    """Sec. 2.3: share of each sequence in ``M = M_B^0 + M_T^1`` (normalised to sum 1).
+
+    T: the voxels predicted as the model's lesion class (``tumor``; a seeded random subset of ``max_voxels``
+    if given, or if there are more T than other voxels), explained for that class; B: as many voxels
+    predicted as any other class (:func:`choose_background`), each explained for its predicted class
+    (class 0, background, for the paper's two-class model).  ``regions=(T, B)`` gives both regions
+    instead (e.g. the original model's, for a randomised model).  Both Eq. 2 maps come from one
+    forward(-mode) pass and one backward pass (LRP is linear in the seed).
+    """
+    return _sequence_relevance(model, x, preset, device, seed, background, max_voxels, threshold, bounds, patch_size,
+                               overlap, progress, cancel, regions)
+
+
+@dataclass
+class SequenceRelevanceInterval(SequenceRelevance):
+    """Sec. 2.3 with its sampling uncertainty: the fields of :class:`SequenceRelevance` are those of the first
+    draw of (T, B) (the one :func:`sequence_relevance` uses with the same seed); in addition the shares of
+    ``resamples`` seeded draws, their mean, standard deviation and 2.5/97.5 percentiles, and the shares of the
+    exact expectation ``E[M]`` over uniformly random regions (None for ``background='shell'``)."""
+
+    resampled: np.ndarray = field(default=None, repr=False)   # (K, C) shares of each draw
+    expected: Optional[np.ndarray] = None                      # (C,) shares of E_{T,B}[M]
+    expected_maps: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.resampled.mean(axis=0)
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.resampled.std(axis=0, ddof=1) if len(self.resampled) > 1 else np.zeros(self.resampled.shape[1])
+
+    @property
+    def low(self) -> np.ndarray:
+        return np.percentile(self.resampled, 2.5, axis=0)
+
+    @property
+    def high(self) -> np.ndarray:
+        return np.percentile(self.resampled, 97.5, axis=0)
+
+    def as_dict(self) -> dict:
+        out = super().as_dict()
+        out.update({"resamples": len(self.resampled), "relevance_mean": self.mean.tolist(),
+                    "relevance_std": self.std.tolist(), "relevance_p2.5": self.low.tolist(),
+                    "relevance_p97.5": self.high.tolist(),
+                    "relevance_expected": None if self.expected is None else self.expected.tolist()})
+        return out
+
+
+def sequence_relevance_interval(model, x, resamples: int = 10, preset=DEFAULT_PRESET, device="auto", seed: int = 0,
+                                background: str = "random", max_voxels: Optional[int] = None,
+                                threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None,
+                                overlap: Optional[float] = None, progress=None, cancel=None) -> SequenceRelevanceInterval:
+    """Sec. 2.3 over ``resamples`` seeded draws of the random regions (draw k: :func:`choose_regions` with seed
+    ``seed + k``) and its exact expectation.
+
+    M is linear in the seed, so ``E_B[M_B] = (n / N) sum_{b in all N predicted non-lesion voxels} M_b / S_b``
+    (and likewise for a subsampled T): the expectation is one more weight set, with weight n/N on every
+    candidate.  All draws and the expectation share one forward-mode pass for S: K + 1 backward passes in all.
+    One exclusion rule (near-zero ``|S_a|``, median over all candidates) applies to every draw, so the mean of
+    the maps over all possible draws is exactly the expected map."""
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    return _sequence_relevance(model, x, preset, device, seed, background, max_voxels, threshold, bounds, patch_size,
+                               overlap, progress, cancel, None, resamples)
+
+
+__all__ = ["relevance", "region_relevance", "region_relevance_loop", "weighted_relevance", "sequence_relevance",
+           "sequence_relevance_interval", "choose_background", "choose_regions", "RegionRelevance",
+           "SequenceRelevance", "SequenceRelevanceInterval", "LRP"]

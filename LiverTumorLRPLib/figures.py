@@ -52,15 +52,27 @@ def relevance_cmap():
     return LinearSegmentedColormap.from_list("relevance", base)
 
 
+def _error_bars(values, interval):
+    """Matplotlib ``yerr`` (2, n) of an interval ``(low, high)`` around ``values`` (clipped at 0)."""
+    low, high = (np.asarray(v, float) for v in interval)
+    values = np.asarray(values, float)
+    return np.clip(np.stack([values - low, high - values]), 0, None)
+
+
 def bar_chart(shares: Sequence[float], path: str, title: str = "Sequence relevance",
               positive: Optional[Sequence[float]] = None, negative: Optional[Sequence[float]] = None,
-              names: Optional[Sequence[str]] = None) -> str:
-    """Normalised relevance per sequence (sums to 1), optionally with positive/negative mass."""
+              names: Optional[Sequence[str]] = None, interval=None) -> str:
+    """Normalised relevance per sequence (sums to 1), optionally with positive/negative mass and, as error
+    bars, an interval ``(low, high)`` per sequence (e.g. 2.5/97.5 percentiles over resampled regions B)."""
     names = list(names or DISPLAY_NAMES)[: len(shares)]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     x = np.arange(len(shares))
-    ax.bar(x, shares, color=[SEQUENCE_COLOURS[i % len(SEQUENCE_COLOURS)] for i in x], label="net share")
+    ax.bar(x, shares, color=[SEQUENCE_COLOURS[i % len(SEQUENCE_COLOURS)] for i in x], label="net share",
+           yerr=None if interval is None else _error_bars(shares, interval), capsize=4,
+           error_kw={"label": "95 % of resampled B"} if interval is not None else None)
+    if interval is not None and (positive is None or negative is None):
+        ax.legend(fontsize=8, loc="best")
     if positive is not None and negative is not None:
         ax.scatter(x, positive, marker="^", color="k", s=18, label="positive mass", zorder=3)
         ax.scatter(x, negative, marker="v", color="grey", s=18, label="negative mass", zorder=3)
@@ -106,8 +118,10 @@ def overlay_slice(image: np.ndarray, maps: np.ndarray, z: int, path: str, tumor:
 
 
 def cohort_figure(names: Sequence[str], shares: np.ndarray, path: str,
-                  title: str = "Normalised relevance per sequence") -> str:
-    """The paper's Fig. 1: one colour per patient (dots joined by lines), the mean as black bars."""
+                  title: str = "Normalised relevance per sequence", low=None, high=None) -> str:
+    """The paper's Fig. 1: one colour per patient (dots joined by lines), the mean as black bars; with ``low``
+    and ``high`` (cases x sequences, e.g. 2.5/97.5 percentiles over resampled regions B) each dot gets its
+    interval as an error bar."""
     plt = _plt()
     shares = np.asarray(shares, float)
     fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
@@ -117,6 +131,9 @@ def cohort_figure(names: Sequence[str], shares: np.ndarray, path: str,
     for i, (name, row) in enumerate(zip(names, shares)):
         jitter = (i - (len(names) - 1) / 2) * 0.25 / max(len(names), 1)
         ax.plot(x + jitter, row, "o-", ms=4, lw=0.6, color=colours[i], label=name, zorder=2)
+        if low is not None and high is not None:
+            ax.errorbar(x + jitter, row, yerr=_error_bars(row, (low[i], high[i])), fmt="none", ecolor=colours[i],
+                        elinewidth=0.8, capsize=2, zorder=2)
     ax.set_xticks(x, DISPLAY_NAMES[: shares.shape[1]], rotation=20)
     ax.set_ylabel("normalised relevance")
     ax.set_title(title)

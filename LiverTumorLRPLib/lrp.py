@@ -479,4 +479,10 @@ def _matches(selector, info: LayerInfo) -> bool:
 
 def as_lrp(model, preset="recommended", overrides=None) -> LRP:
     """An :class:`LRP` for ``model`` (returned unchanged if it already is one)."""
-    return model if isinstance(model, LRP) else LRP(model, preset, overrides)
+    if isinstance(model, LRP):
+        return model
+    if isinstance(preset, str) and preset.startswith("reference-"):  # DeepLIFT-rescale (issue 15)
+        from .reference_lrp import reference_lrp
+
+        return reference_lrp(model, preset)
+    return LRP(model, preset, overrides)

@@ -109,9 +109,10 @@ def _mass(maps: np.ndarray):
 
 
 def _write_relevance_outputs(p: Prepared, out: str, maps_net: np.ndarray, shares, meta: dict,
-                             tumor: Optional[np.ndarray], region: Optional[np.ndarray], n_slices: int = 3) -> dict:
-    """Relevance per sequence on the case grid (NIfTI), shares (JSON/CSV, computed on the network grid),
-    bar chart and overlays of the most relevant slices."""
+                             tumor: Optional[np.ndarray], region: Optional[np.ndarray], n_slices: int = 3,
+                             interval=None) -> dict:
+    """Relevance per sequence on the case grid (NIfTI), shares (JSON/CSV, computed on the network grid; with
+    ``interval``, their spread over resampled regions B), bar chart and overlays of the most relevant slices."""
     from .figures import bar_chart, most_relevant_slices, overlay_slice
 
     case, info = p.case, p.info
@@ -123,6 +124,9 @@ def _write_relevance_outputs(p: Prepared, out: str, maps_net: np.ndarray, shares
                                                 dtype=np.float32)
     rows = [{"sequence": k, "display_name": d, "relevance": float(s), "positive": float(a), "negative": float(b)}
             for k, d, s, a, b in zip(info.channels, info.display_names, shares, positive, negative)]
+    if interval is not None:  # spread over resampled regions B (SequenceRelevanceInterval)
+        for c, row in enumerate(rows):
+            row.update({k: float(v[c]) for k, v in _interval_fields(interval).items() if v is not None})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -130,7 +134,8 @@ def _write_relevance_outputs(p: Prepared, out: str, maps_net: np.ndarray, shares
     files["csv"] = write_text(buf.getvalue(), os.path.join(out, "sequence_relevance.csv"))
     files["bar_chart"] = bar_chart(shares, os.path.join(out, "sequence_relevance.png"),
                                    title=f"{case.name}: {meta.get('title', 'sequence relevance')}",
-                                   positive=positive, negative=negative, names=info.display_names)
+                                   positive=positive, negative=negative, names=info.display_names,
+                                   interval=None if interval is None else (interval.low, interval.high))
     display = case.raw if case.raw is not None else case.image
     files["overlays"] = [overlay_slice(display, maps, z, os.path.join(out, f"overlay_slice{z:03d}.png"), tumor, region,
                                        title=f"{case.name}, axial slice {z}: {meta.get('title', '')}",
@@ -141,22 +146,31 @@ def _write_relevance_outputs(p: Prepared, out: str, maps_net: np.ndarray, shares
     return summary
 
 
+def _interval_fields(res) -> dict:
+    return {"relevance_mean": res.mean, "relevance_std": res.std, "relevance_p2.5": res.low,
+            "relevance_p97.5": res.high, "relevance_expected": res.expected}
+
+
 def analyze_case(case, out: str, model="bundled", preset="recommended", device="auto", seed: int = 0,
                  background: str = "random", max_voxels: Optional[int] = None, patch_size=None, progress=None,
-                 cancel=None, finalize: bool = True) -> dict:
+                 cancel=None, finalize: bool = True, resamples: int = 10) -> dict:
     """Sec. 2.3 for one case: segmentation, ``M = M_B^0 + M_T^1`` per sequence, JSON/CSV, bar chart, overlays.
 
     Computed on the network grid (where Eq. 2 holds exactly); maps are written on the case grid.
+    ``resamples``: draws of the random region B for the shares' spread and the exact expectation
+    (:func:`.explain.sequence_relevance_interval`; 0: one draw only).
     ``finalize``: write ``result.json`` (the marker of a complete folder) at the end."""
-    from .explain import sequence_relevance
+    from .explain import sequence_relevance, sequence_relevance_interval
 
     t0 = time.time()
     prog = as_progress(progress, cancel)
     net = _load(model, device)
     p = prepare(case, net)
     seg = segment_case(p, out, net, device, prog.part(0.0, 0.2), patch_size=patch_size)
-    res = sequence_relevance(net, p.image, preset=preset, device=device, seed=seed, background=background,
-                             max_voxels=max_voxels, patch_size=patch_size, progress=prog.part(0.2, 0.9))
+    kw = dict(preset=preset, device=device, seed=seed, background=background, max_voxels=max_voxels,
+              patch_size=patch_size, progress=prog.part(0.2, 0.9))
+    res = sequence_relevance_interval(net, p.image, resamples, **kw) if resamples else \
+        sequence_relevance(net, p.image, **kw)
     meta = {"analysis": "sequence relevance (Sec. 2.3): M = M_B^0 + M_T^1", "title": "sequence relevance",
             "preset": preset if isinstance(preset, str) else repr(preset), "background_choice": background,
             "seed": seed, **{k: v for k, v in res.as_dict().items() if k.startswith("n_")},
@@ -165,7 +179,11 @@ def analyze_case(case, out: str, model="bundled", preset="recommended", device="
             "network_grid": seg["network_grid"], "network_spacing": seg["network_spacing"]}
     if "dice" in seg:
         meta["dice"] = seg["dice"]
-    summary = _write_relevance_outputs(p, out, res.maps, res.shares, meta, seg["segmentation"].astype(bool), None)
+    if resamples:
+        meta.update({"resamples": resamples, **{k: None if v is None else [float(x) for x in v]
+                                                for k, v in _interval_fields(res).items()}})
+    summary = _write_relevance_outputs(p, out, res.maps, res.shares, meta, seg["segmentation"].astype(bool), None,
+                                       interval=res if resamples else None)
     summary["seconds"] = round(time.time() - t0, 2)
     if finalize:
         write_json(summary, os.path.join(out, RESULT))

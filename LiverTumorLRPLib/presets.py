@@ -17,6 +17,9 @@ layers in execution order (see :class:`LiverTumorLRPLib.lrp.LayerInfo`).
 * ``alpha2-beta1``: alpha2-beta1 on every convolution (zennit's EpsilonAlpha2Beta1).
 * ``epsilon-plus-flat``: zennit's EpsilonPlusFlat: flat input rule, z+ elsewhere. Its input rule
   ignores the data, so it is refused for sequence relevance.
+* ``reference-blur`` / ``reference-mean``: reference-based LRP (DeepLIFT-rescale) of ``f(x) - f(x_ref)``,
+  ``x_ref`` a Gaussian-blurred copy (sigma 3 voxels) or each sequence's foreground mean
+  (:mod:`LiverTumorLRPLib.reference_lrp`; not a rule map: :func:`LiverTumorLRPLib.lrp.as_lrp` builds it).
 """
 from __future__ import annotations
 
@@ -63,6 +66,14 @@ PRESETS: dict[str, Callable] = {
     "alpha2-beta1": _per_type(lambda: AlphaBeta(2.0, 1.0), lambda: Epsilon(1e-6)),
     "epsilon-plus-flat": _per_type(ZPlus, lambda: Epsilon(1e-6), first=Flat),
 }
+
+
+def _reference(layers):
+    raise ValueError("reference presets are not rule maps; build them with LiverTumorLRPLib.lrp.as_lrp")
+
+
+# reference-based LRP (DeepLIFT-rescale, LiverTumorLRPLib.reference_lrp): relevance of f(x) - f(x_ref)
+PRESETS.update({"reference-blur": _reference, "reference-mean": _reference})
 DEFAULT_PRESET = "recommended"
 
 

@@ -21,8 +21,10 @@ B (as many predicted-background voxels) fixed from the original prediction:
    first ``fraction`` of cubes, divided by ``|g(x0)|``.  LRP presets (Eq. 2 map of T, tumor class)
    vs gradient x input, integrated gradients and occlusion of ``g``.
 
-Cases are phantom cases cropped around the tumor (``crop``, default 24 x 64 x 64 voxels) so that a
-full run fits on a laptop; the crop is the model's input, so nothing is approximated.
+Cases are whole phantom volumes (48 x 128 x 128 voxels), as users run the analysis; ``crop`` (e.g.
+24 x 64 x 64 voxels around the tumor, ``--crop``) is a named fast mode whose numbers describe crops, not
+what users get.  Every rate (known-truth share, share of cases meeting a goal) comes with its 95 % Wilson
+interval, and the JSON holds the per-case results.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ from .presets import DEFAULT_PRESET
 from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
 
 CHECKS = ("known-truth", "randomisation", "class-sensitivity", "shapley", "aopc")
-AOPC_PRESETS = ("recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-beta1")
+AOPC_PRESETS = ("recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-beta1", "reference-blur")
 BASELINE_METHODS = ("gradient-x-input", "integrated-gradients", "occlusion")
 RANDOMISATION_STEPS = (1, 2, 3, 6, 10)  # layers randomised from the output down (and finally all)
 VALIDATION_SEED = 200000  # phantom seeds used neither by training (seed * 10000 + i) nor by the model card (100000+)
@@ -55,7 +57,7 @@ VALIDATION_SEED = 200000  # phantom seeds used neither by training (seed * 10000
 
 @dataclass
 class ValidationCase:
-    """One (cropped) normalised case with the regions of Sec. 2.3 fixed from the model's prediction."""
+    """One (whole or cropped) normalised case with the regions of Sec. 2.3 fixed from the model's prediction."""
 
     name: str
     image: np.ndarray          # (C, D, H, W) normalised
@@ -92,10 +94,10 @@ def make_case(model, image: np.ndarray, name: str, label=None, seed: int = 0, ma
     return ValidationCase(name, image.astype(np.float32), tumor, back, informative, label)
 
 
-def phantom_cases(model, n: int, seed: int = VALIDATION_SEED, crop=(24, 64, 64), informative=None,
+def phantom_cases(model, n: int, seed: int = VALIDATION_SEED, crop=None, informative=None,
                   device="cpu", skipped: Optional[list] = None) -> list[ValidationCase]:
-    """``n`` phantom cases, cropped around their largest tumor; cases without predicted tumor are skipped
-    (their names are appended to ``skipped``)."""
+    """``n`` whole phantom volumes (or, with ``crop``, crops of that size around their largest tumor); cases
+    without predicted tumor are skipped (their names are appended to ``skipped``)."""
     from .train import case_arrays
 
     kw = {"informative": list(informative)} if informative else {}
@@ -108,7 +110,8 @@ def phantom_cases(model, n: int, seed: int = VALIDATION_SEED, crop=(24, 64, 64),
         if k == 0:
             continue
         largest = 1 + int(np.argmax(ndimage.sum(label > 0, comps, range(1, k + 1))))
-        sl = crop_around(image, ndimage.center_of_mass(comps == largest), crop)
+        sl = crop_around(image, ndimage.center_of_mass(comps == largest), crop) if crop else \
+            (slice(None),) * 3
         try:
             out.append(make_case(model, image[(slice(None),) + sl], name, label[sl], seed, informative=informative,
                                  device=device))
@@ -116,6 +119,23 @@ def phantom_cases(model, n: int, seed: int = VALIDATION_SEED, crop=(24, 64, 64),
             if skipped is not None:
                 skipped.append(name)
     return out
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.959963984540054) -> list:
+    """95 % Wilson score interval ``[low, high]`` of a rate ``hits / n`` (``[nan, nan]`` when ``n = 0``)."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = hits / n
+    centre, denom = p + z * z / (2 * n), 1 + z * z / n
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)]
+
+
+def rate(flags) -> dict:
+    """A rate with its count and 95 % Wilson interval."""
+    flags = [bool(f) for f in flags]
+    return {"hits": sum(flags), "cases": len(flags), "share": float(np.mean(flags)) if flags else float("nan"),
+            "ci95": wilson_interval(sum(flags), len(flags))}
 
 
 def target(y: torch.Tensor, case: ValidationCase) -> torch.Tensor:
@@ -367,37 +387,38 @@ def known_truth(model, cases: Sequence[ValidationCase], presets: Sequence[str], 
     reference for what "the model uses a sequence" means.  A model that finds the tumor by its contrast in
     one sequence still needs the others to see the liver around it, so a baseline that also removes the
     anatomy (zero, mean) credits them too; a blurred baseline removes only lesion detail."""
-    def summary(hits):
-        return {"hits": int(sum(hits)), "cases": len(hits), "share": float(np.mean(hits)) if hits else float("nan")}
-
     out = {}
     for preset in presets:
         shares = [_lrp_sequence(model, c, preset, device).shares for c in cases]
         tumor = [_lrp_tumor_class(model, c, preset, device) for c in cases]
         hits = [informative_ranked_first(s, c.informative) for s, c in zip(shares, cases)]
         hits_t = [informative_ranked_first(s, c.informative) for s, c in zip(tumor, cases)]
-        out[preset] = {**summary(hits), "tumor_class_hits": int(sum(hits_t)),
-                       "tumor_class_share": summary(hits_t)["share"],
-                       "per_case": [{"case": c.name, "shares": s.tolist(), "tumor_class_shares": t.tolist()}
-                                    for c, s, t in zip(cases, shares, tumor)]}
+        out[preset] = {**rate(hits), "tumor_class_hits": int(sum(hits_t)),
+                       "tumor_class_share": rate(hits_t)["share"], "tumor_class_ci95": rate(hits_t)["ci95"],
+                       "per_case": [{"case": c.name, "shares": s.tolist(), "tumor_class_shares": t.tolist(),
+                                     "hit": bool(h), "tumor_class_hit": bool(ht)}
+                                    for c, s, t, h, ht in zip(cases, shares, tumor, hits, hits_t)]}
     out["shapley"] = {}
     for b in shapley_baselines:
         phis = [shapley_values(model, c, b, device) for c in cases]
         hits = [informative_ranked_first(phi, c.informative) for phi, c in zip(phis, cases)]
-        out["shapley"][b] = {**summary(hits),
-                             "per_case": [{"case": c.name, "shapley": phi.tolist()} for c, phi in zip(cases, phis)]}
+        out["shapley"][b] = {**rate(hits), "per_case": [{"case": c.name, "shapley": phi.tolist(), "hit": bool(h)}
+                                                         for c, phi, h in zip(cases, phis, hits)]}
     return out
 
 
 # ---- the report ---------------------------------------------------------------------------------------------
 def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence[str] = AOPC_PRESETS,
-                   checks: Sequence[str] = CHECKS, known_truth_models: Sequence[str] = (), crop=(24, 64, 64),
+                   checks: Sequence[str] = CHECKS, known_truth_models: Sequence[str] = (), crop=None,
                    detail_cases: int = 5, baseline: str = "zero", device="cpu", seed: int = VALIDATION_SEED,
-                   known_truth_cases: int = 10, log=print) -> dict:
+                   known_truth_cases: int = 30, log=print,
+                   baseline_methods: Sequence[str] = BASELINE_METHODS) -> dict:
     """Run the checks and write ``validation.json``, ``presets.csv``, figures and ``report.html`` to ``out``.
 
-    Shapley values use ``cases`` cases; class sensitivity, randomisation and AOPC (slow) the first
-    ``detail_cases`` of them; known truth ``known_truth_cases`` cases per model in ``known_truth_models``.
+    Whole phantom volumes unless ``crop`` (fast mode).  Shapley values use ``cases`` cases; class sensitivity,
+    randomisation and AOPC (slow) the first ``detail_cases`` of them; known truth ``known_truth_cases`` cases per
+    model in ``known_truth_models``.  Rates (``per_preset[p]["rates"]``) carry 95 % Wilson intervals; every
+    check's JSON entry lists its per-case results under the case's name.
     """
     from .case_io import write_json
     from .models import load_model
@@ -406,9 +427,11 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
     net = net.cpu().eval()
     skipped: list = []
     pool = phantom_cases(net, cases, seed, crop, device=device, skipped=skipped) if set(checks) - {"known-truth"} else []
-    log(f"validation: {len(pool)} phantom cases ({len(skipped)} without predicted tumor skipped)")
-    res: dict = {"cases": [c.name for c in pool], "skipped": skipped, "crop": list(crop), "baseline": baseline,
-                 "presets": list(presets), "per_preset": {p: {} for p in presets}}
+    log(f"validation: {len(pool)} phantom cases ({'crop ' + str(list(crop)) if crop else 'whole volumes'}, "
+        f"{len(skipped)} without predicted tumor skipped)")
+    res: dict = {"cases": [c.name for c in pool], "skipped": skipped, "crop": list(crop) if crop else None,
+                 "whole_volumes": not crop, "baseline": baseline, "presets": list(presets),
+                 "baseline_methods": list(baseline_methods), "per_preset": {p: {"rates": {}} for p in presets}}
     if "shapley" in checks:
         rows = []
         for c in pool:
@@ -425,30 +448,38 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
         for p in presets:
             res["per_preset"][p]["shapley_rho_median"] = float(np.median([r["rho"][p] for r in rows]))
             res["per_preset"][p]["shapley_f_rho_median"] = float(np.median([r["rho_f"][p] for r in rows]))
+            res["per_preset"][p]["rates"]["shapley_rho_ge_0.8"] = rate([r["rho"][p] >= 0.8 for r in rows])
     detail = pool[:detail_cases]
     if "class-sensitivity" in checks:
-        res["class_sensitivity"] = {p: [class_sensitivity(net, c, p, device) for c in detail] for p in presets}
+        res["class_sensitivity"] = {p: [{"case": c.name, **class_sensitivity(net, c, p, device)} for c in detail]
+                                    for p in presets}
         for p in presets:
             for k in ("raw_map", "map"):
                 res["per_preset"][p][f"class_{k}_rho_median"] = float(np.median(
                     [r[k] for r in res["class_sensitivity"][p]]))
     if "randomisation" in checks:
-        res["randomisation"] = {p: [randomisation_cascade(net, c, p, device, steps=RANDOMISATION_STEPS)
+        res["randomisation"] = {p: [[{"case": c.name, **row} for row in
+                                     randomisation_cascade(net, c, p, device, steps=RANDOMISATION_STEPS)]
                                     for c in detail] for p in presets}
         for p in presets:
             top3 = [next(r for r in rows if r["step"] >= 3) for rows in res["randomisation"][p]]
             res["per_preset"][p]["randomised_top3_map_rho_median"] = float(np.nanmedian([r["map"] for r in top3]))
             res["per_preset"][p]["randomised_top3_sequence_rho_median"] = float(
                 np.nanmedian([r["sequences"] for r in top3]))
+            res["per_preset"][p]["rates"]["randomised_top3_map_rho_lt_0.3"] = rate([r["map"] < 0.3 for r in top3])
         log("  randomisation done")
     if "aopc" in checks:
-        res["aopc"] = [aopc(net, c, list(presets) + list(BASELINE_METHODS), device=device) for c in detail]
-        for m in list(presets) + list(BASELINE_METHODS) + ["random"]:
+        res["aopc"] = [{"case": c.name, **aopc(net, c, list(presets) + list(baseline_methods), device=device)}
+                       for c in detail]
+        for m in list(presets) + list(baseline_methods) + ["random"]:
             res.setdefault("aopc_summary", {})[m] = {
                 k: float(np.mean([r[m][k] for r in res["aopc"]])) for k in ("morf", "lerf") if k in res["aopc"][0][m]}
         for p in presets:
             res["per_preset"][p]["aopc_morf"] = res["aopc_summary"][p]["morf"]
             res["per_preset"][p]["aopc_lerf"] = res["aopc_summary"][p]["lerf"]
+            if "gradient-x-input" in baseline_methods:
+                res["per_preset"][p]["rates"]["aopc_above_gradient_x_input"] = rate(
+                    [r[p]["morf"] > r["gradient-x-input"]["morf"] for r in res["aopc"]])
         log("  AOPC done")
     if "known-truth" in checks and known_truth_models:
         res["known_truth"] = {}
@@ -457,14 +488,23 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
             informative = _informative_of(path)
             kt_cases = phantom_cases(kt_net, known_truth_cases, seed, crop, informative=informative, device=device)
             res["known_truth"][path] = {"informative": informative, **known_truth(kt_net, kt_cases, presets, device)}
+            for p in presets:
+                flags = [c["hit"] for c in res["known_truth"][path][p]["per_case"]]
+                res["per_preset"][p]["rates"][f"known_truth {'+'.join(informative)}"] = rate(flags)
         for p in presets:
             n = sum(v[p]["cases"] for v in res["known_truth"].values())
             for key, col in (("hits", "known_truth_share"), ("tumor_class_hits", "known_truth_tumor_class_share")):
-                res["per_preset"][p][col] = float(sum(v[p][key] for v in res["known_truth"].values()) / max(n, 1))
+                hits = sum(v[p][key] for v in res["known_truth"].values())
+                res["per_preset"][p][col] = float(hits / max(n, 1))
+                res["per_preset"][p][col + "_ci95"] = wilson_interval(hits, n)
         res["known_truth_shapley"] = {
             b: float(sum(v["shapley"][b]["hits"] for v in res["known_truth"].values())
                      / max(sum(v["shapley"][b]["cases"] for v in res["known_truth"].values()), 1))
             for b in next(iter(res["known_truth"].values()))["shapley"]}
+        res["known_truth_shapley_ci95"] = {
+            b: wilson_interval(sum(v["shapley"][b]["hits"] for v in res["known_truth"].values()),
+                               sum(v["shapley"][b]["cases"] for v in res["known_truth"].values()))
+            for b in res["known_truth_shapley"]}
         log("  known truth done")
     os.makedirs(out, exist_ok=True)
     write_json(res, os.path.join(out, "validation.json"))
@@ -497,13 +537,23 @@ def _write_tables_and_figures(out: str, res: dict) -> None:
     for p, row in res["per_preset"].items():
         w.writerow([p, *[f"{row[c]:.3f}" if c in row else "" for c in PRESET_COLUMNS]])
     if "aopc_summary" in res:
-        for m in BASELINE_METHODS + ("random",):
+        for m in (*res["baseline_methods"], "random"):
             s = res["aopc_summary"][m]
             w.writerow([m, *[""] * (len(PRESET_COLUMNS) - 2), f"{s['morf']:.3f}",
                         f"{s['lerf']:.3f}" if "lerf" in s else ""])
     for b, share in res.get("known_truth_shapley", {}).items():
         w.writerow([f"shapley-{b}", f"{share:.3f}", *[""] * (len(PRESET_COLUMNS) - 1)])
     write_text(buf.getvalue(), os.path.join(out, "presets.csv"))
+    rates = [(p, name, r) for p, row in res["per_preset"].items() for name, r in row["rates"].items()]
+    for b in res.get("known_truth_shapley", {}):
+        flags = [c["hit"] for v in res["known_truth"].values() for c in v["shapley"][b]["per_case"]]
+        rates.append((f"shapley-{b}", "known_truth", rate(flags)))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["preset", "rate", "hits", "cases", "share", "ci95_low", "ci95_high"])
+    w.writerows([p, name, r["hits"], r["cases"], f"{r['share']:.3f}", *(f"{v:.3f}" for v in r["ci95"])]
+                for p, name, r in rates)
+    write_text(buf.getvalue(), os.path.join(out, "rates.csv"))
     plt = _plt()
     figs = []
 
@@ -523,7 +573,7 @@ def _write_tables_and_figures(out: str, res: dict) -> None:
 
     def perturbation(ax):
         steps = res["aopc"][0]["steps"]
-        for m in [*res["presets"], *BASELINE_METHODS, "random"]:
+        for m in [*res["presets"], *res["baseline_methods"], "random"]:
             ax.plot(steps, np.mean([r[m]["morf_curve"] for r in res["aopc"]], axis=0), label=m,
                     ls="--" if m in BASELINE_METHODS else ("-" if m != "random" else ":"))
         ax.legend(fontsize=7)
@@ -557,14 +607,20 @@ def _write_tables_and_figures(out: str, res: dict) -> None:
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
              "<h1>LiverTumorLRP validation</h1>",
-             f"<p>{len(res['cases'])} phantom cases (crop {res['crop']}), baseline '{e(res['baseline'])}'. "
+             f"<p>{len(res['cases'])} phantom cases "
+             f"({'crop ' + str(res['crop']) + ' (fast mode)' if res['crop'] else 'whole volumes'}), "
+             f"baseline '{e(res['baseline'])}'. "
              "Columns: known-truth share (informative sequences ranked first by Sec. 2.3's M, and by its tumor-class "
              "half M_T^1 alone), median Spearman rho of exact Shapley values of f with Sec. 2.3 sequence relevance "
              "and with the LRP (Eq. 1) of f itself, median rho of map and sequence vector with the original after "
              "randomising the top 3 layers, "
              "median rho between tumor- and background-class maps of T (Eq. 1 and Eq. 2), AOPC most- and "
              "least-relevant first.</p>",
-             f"<table><tr>{head}</tr>{body}</table>"]
+             f"<table><tr>{head}</tr>{body}</table>",
+             "<h2>Rates with 95 % Wilson intervals</h2><table><tr><th>preset</th><th>rate</th><th>hits / cases</th>"
+             "<th>share</th><th>95 % interval</th></tr>" + "".join(
+                 f"<tr><td>{e(p)}</td><td>{e(n)}</td><td>{r['hits']} / {r['cases']}</td><td>{r['share']:.2f}</td>"
+                 f"<td>{r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}</td></tr>" for p, n, r in rates) + "</table>"]
     parts += [f"<h2>{e(t)}</h2><img src='{png_data_uri(p)}'>" for t, p in figs]
     if "known_truth_shapley" in res:
         parts.append("<h2>Known truth: exact Shapley values as the reference</h2><p>Share of known-truth cases whose "
@@ -589,8 +645,11 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--checks", nargs="+", default=list(CHECKS), choices=list(CHECKS))
     p.add_argument("--known-truth", nargs="*", default=[], metavar="MODEL",
                    help="models trained with `liver-lrp train --informative KEY ...`")
-    p.add_argument("--known-truth-cases", type=int, default=10, help="phantom cases per known-truth model")
-    p.add_argument("--crop", type=int, nargs=3, default=[24, 64, 64], metavar=("Z", "Y", "X"))
+    p.add_argument("--known-truth-cases", type=int, default=30, help="phantom cases per known-truth model")
+    p.add_argument("--crop", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="fast mode: crops of this size around the tumor instead of whole volumes (e.g. 24 64 64)")
+    p.add_argument("--baseline-methods", nargs="*", default=list(BASELINE_METHODS), choices=list(BASELINE_METHODS),
+                   help="non-LRP methods in the AOPC comparison (occlusion is slow on whole volumes)")
     p.add_argument("--baseline", default="zero", choices=["zero", "mean", "blur"], help="absent-sequence baseline")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=VALIDATION_SEED)
@@ -600,13 +659,14 @@ def run(args) -> int:
     from .device import resolve_device
 
     res = run_validation(args.out, args.model, args.cases, args.presets, args.checks, args.known_truth,
-                         tuple(args.crop), args.detail_cases, args.baseline, resolve_device(args.device), args.seed,
-                         args.known_truth_cases)
+                         tuple(args.crop) if args.crop else None, args.detail_cases, args.baseline,
+                         resolve_device(args.device), args.seed, args.known_truth_cases,
+                         baseline_methods=args.baseline_methods)
     with open(os.path.join(args.out, "presets.csv")) as fh:
         print(fh.read().strip())
     print(f"report -> {os.path.join(args.out, 'report.html')}")
     return 0 if res["cases"] or res.get("known_truth") else 1
 
 
-__all__ = ["run_validation", "shapley_values", "sequence_ablation", "randomisation_cascade", "class_sensitivity",
+__all__ = ["run_validation", "wilson_interval", "rate", "shapley_values", "sequence_ablation", "randomisation_cascade", "class_sensitivity",
            "aopc", "known_truth", "informative_ranked_first", "lrp_of_target", "phantom_cases", "make_case", "spearman"]

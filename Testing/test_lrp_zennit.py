@@ -120,7 +120,7 @@ def test_input_layer_rule_equals_zennit(rule):
     assert_close_to_zennit(ours_map, ref)
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", [p for p in PRESETS if not p.startswith("reference-")])  # rule maps
 @pytest.mark.parametrize("net", ["batchnorm-transpose", "batchnorm-trilinear"])
 def test_preset_equals_zennit(preset, net):
     model = random_unet(seed=6, bn_eps=0.0, **NETS[net])

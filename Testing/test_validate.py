@@ -177,6 +177,36 @@ def test_validate_command_tiny(tmp_path, capsys):
     for name in ("presets.csv", "report.html", "randomisation.png", "aopc.png", "shapley.png"):
         assert os.path.getsize(out / name) > 0
     assert "recommended" in capsys.readouterr().out
+    # per-case results, named, in every check's entry; rates with their Wilson interval
+    name = res["cases"][0]
+    assert res["shapley"][0]["case"] == name and res["aopc"][0]["case"] == name
+    assert res["class_sensitivity"]["recommended"][0]["case"] == name
+    assert {r["case"] for r in res["randomisation"]["recommended"][0]} == {name}
+    assert res["crop"] == [16, 32, 32] and not res["whole_volumes"]
+    r = row["rates"]["randomised_top3_map_rho_lt_0.3"]
+    assert r["cases"] == 1 and r["ci95"] == pytest.approx(V.wilson_interval(r["hits"], 1))
+    assert "randomised_top3_map_rho_lt_0.3" in (out / "rates.csv").read_text()
+
+
+def test_wilson_interval_known_values():
+    # 7 of 10: the interval the validation issue quotes (about 40-89 %); Wilson (1927), z = 1.96
+    assert V.wilson_interval(7, 10) == pytest.approx([0.3968, 0.8922], abs=1e-4)
+    assert V.wilson_interval(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
+    assert V.wilson_interval(10, 10) == pytest.approx([0.7225, 1.0], abs=1e-4)
+    assert V.wilson_interval(29, 30) == pytest.approx([0.8333, 0.9941], abs=1e-4)
+    assert all(np.isnan(V.wilson_interval(0, 0)))
+    assert V.rate([True, False, True, True]) == {"hits": 3, "cases": 4, "share": 0.75,
+                                                 "ci95": V.wilson_interval(3, 4)}
+
+
+def test_whole_volumes_are_the_default(tmp_path):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    V.add_arguments(p)
+    args = p.parse_args(["--out", str(tmp_path)])
+    assert args.crop is None and args.known_truth_cases >= 30 and "reference-blur" in args.presets
+    assert p.parse_args(["--out", "o", "--crop", "24", "64", "64"]).crop == [24, 64, 64]
 
 
 def test_known_truth_model_needs_its_informative_sequences(tmp_path):
@@ -185,3 +215,28 @@ def test_known_truth_model_needs_its_informative_sequences(tmp_path):
     path = save_model(UNet3D(UNetConfig(depth=2, base_channels=4)).eval(), tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="records no 'informative' sequences"):
         V._informative_of(str(path))
+
+
+def test_known_truth_run_reports_rates_with_intervals_and_per_case_hits(tmp_path):
+    from LiverTumorLRPLib.train import case_arrays
+    from LiverTumorLRPLib.unet import save_model
+
+    torch.manual_seed(0)
+    model = UNet3D(UNetConfig(depth=2, base_channels=4)).eval()
+    image, _ = case_arrays(V.VALIDATION_SEED, (48, 128, 128), (4.0, 3.0, 3.0))
+    with torch.no_grad():
+        y = model(torch.from_numpy(image[:, 16:32, 32:64, 32:64])[None])[0]
+        model.head.bias[1] -= float(torch.quantile((y[1] - y[0]).flatten(), 0.97))
+    path = str(save_model(model, tmp_path / "kt.safetensors", {"informative": ["T1_120s"]}))
+    res = V.run_validation(str(tmp_path / "out"), model, checks=["known-truth"], known_truth_models=[path],
+                           presets=["epsilon"], crop=(16, 32, 32), known_truth_cases=1, log=lambda *a: None)
+    kt = res["known_truth"][path]["epsilon"]
+    assert kt["cases"] == len(kt["per_case"]) >= 1 and kt["hits"] == sum(c["hit"] for c in kt["per_case"])
+    assert kt["ci95"] == pytest.approx(V.wilson_interval(kt["hits"], kt["cases"]))
+    row = res["per_preset"]["epsilon"]
+    assert row["known_truth_share_ci95"] == pytest.approx(kt["ci95"])
+    assert row["rates"]["known_truth T1_120s"]["hits"] == kt["hits"]
+    assert res["known_truth_shapley_ci95"]["blur"] == pytest.approx(
+        V.wilson_interval(res["known_truth"][path]["shapley"]["blur"]["hits"], kt["cases"]))
+    rates = (tmp_path / "out" / "rates.csv").read_text()
+    assert "known_truth T1_120s" in rates and "shapley-blur" in rates

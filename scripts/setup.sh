@@ -14,9 +14,10 @@ if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
   echo "installing torch 2.14.1 and torchvision 0.29.1 (a few minutes)" >&2
   .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-if ! .venv/bin/python -c "import LiverTumorLRPLib, zennit, monai, SimpleITK, safetensors, slicer" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import LiverTumorLRPLib, zennit, monai, SimpleITK, safetensors, slicer, trame_slicer, playwright" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.installed ]; then
   echo "installing LiverTumorLRP and its test dependencies" >&2
   .venv/bin/python -m pip install -q -e ".[test]"
   touch .venv/.installed
 fi
+bash scripts/install_chromium.sh || echo "warning: chromium not installed; the web page tests (Testing/test_web.py) will skip" >&2
