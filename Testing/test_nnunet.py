@@ -448,7 +448,7 @@ def test_cli_analyze_with_an_nnunet_folder(nnunet_models, predictors, tmp_path, 
         sitk.WriteImage(im, str(folder / f"{key}.nii.gz"))
     out = tmp_path / "out"
     assert main(["analyze", str(folder), "--model", nnunet_models["folders"]["liver"], "--out", str(out),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--resamples", "0"]) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["lesion_class"] == "tumor" and result["model_classes"] == ["background", "liver", "tumor"]
     gm = load_nnunet(nnunet_models["folders"]["liver"]).grid_map_for(case)
