@@ -243,9 +243,14 @@ def _leaf_modules(model: nn.Module):
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module):
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
+    """Replace the module registered as ``name`` under *every* name it is registered as (nnU-Net's
+    ConvDropoutNormReLU registers its conv and norm twice: as attributes and inside ``all_modules``)."""
+    old = root.get_submodule(name)
+    names = [n for n, m in root.named_modules(remove_duplicate=False) if m is old] or [name]
+    for n in names:
+        parent_name, _, child = n.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        setattr(parent, child, new)
 
 
 @torch.no_grad()
