@@ -85,7 +85,9 @@ def segment_case(case, out: str, model="bundled", device="auto", progress=None, 
     labels_net = probs.argmax(axis=0).astype(np.uint8)
     lesion = info.lesion_index
     prob = p.grid.to_case(probs[lesion], "probability").astype(np.float32)
-    labels = p.grid.to_case(labels_net, "segmentation").astype(np.uint8)
+    # nnU-Net's export resamples the logits and takes the argmax there; other models: nearest neighbour
+    labels = p.grid.to_case(logits if getattr(p.grid, "wants_raw", False) else labels_net,
+                            "segmentation").astype(np.uint8)
     seg = (labels == lesion).astype(np.uint8)
     write_image(prob, case.reference, os.path.join(out, "tumor_probability.nii.gz"), dtype=np.float32)
     write_image(seg, case.reference, os.path.join(out, "tumor_segmentation.nii.gz"), dtype=np.uint8)
