@@ -264,13 +264,17 @@ class RuleLayer(nn.Module):
             raise LRPError(f"rule {self.rule!r} on {self.layer_name!r} needs the network input as this layer's input")
         if kind == "ones":
             return st.probe
-        bound = getattr(self.rule, kind, None)
-        if bound is None:  # z^B bounds from the data
-            bound = st.low if kind == "low" else st.high
-        bound = torch.as_tensor(bound, dtype=a.dtype, device=a.device).reshape(-1)
-        if bound is None:
+        low, high = (getattr(self.rule, k, None) for k in ("low", "high"))
+        low, high = (st.low if low is None else low), (st.high if high is None else high)  # default: from the data
+        if low is None or high is None:
             raise LRPError(f"z^B rule on {self.layer_name!r}: no input bounds given")
-        return _channel_view(bound, a) * st.probe
+        low, high = (_channel_view(torch.as_tensor(v, dtype=a.dtype, device=a.device).reshape(-1), a)
+                     for v in (low, high))
+        if kind == "a-high":
+            return a - high * st.probe
+        if kind == "high-low":
+            return (high - low) * st.probe
+        raise LRPError(f"unknown rule input {kind!r}")
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         st = self._state

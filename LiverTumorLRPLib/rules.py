@@ -33,7 +33,7 @@ def stabilize(t: torch.Tensor, epsilon: float) -> torch.Tensor:
 class Part:
     """One summand of a denominator: input modifier and modified weight and bias."""
 
-    input: str                    # "a" (layer input), "pos", "neg" (its clamped parts), "ones", "low", "high"
+    input: str    # "a" (layer input), "pos", "neg" (its clamped parts), "ones", "a-high", "high-low" (z^B bounds)
     weight: torch.Tensor
     bias: Optional[torch.Tensor] = None
 
@@ -184,8 +184,9 @@ class ZBox(Rule):
         self.low, self.high, self.stabilizer = low, high, float(stabilizer)
 
     def groups(self, weight, bias):
-        # biases enter all three parts and cancel in the denominator (as in zennit): leave them out
-        return [Group([Part("a", weight), Part("low", -_pos(weight)), Part("high", -_neg(weight))])]
+        # zennit's denominator W a - W+ low - W- high (the biases cancel) as W (a - high) + W+ (high - low):
+        # two inputs instead of three
+        return [Group([Part("a-high", weight), Part("high-low", _pos(weight))])]
 
 
 class WSquare(Rule):
