@@ -171,6 +171,7 @@ class _Fused:
     n_groups: int
     cdim: int                  # channel axis (1; -1 for nn.Linear)
     z: list                    # [the layer's output], handed to forward and dropped there
+    signed: bool = False       # two groups for z > 0 and z < 0: one ratio tensor R and the mask z > 0
 
 
 def _split(t: torch.Tensor, spec: _Fused):
@@ -184,36 +185,43 @@ class _RuleFunction(torch.autograd.Function):
     linear operation (vjp: its transpose, jvp: itself); only ``R`` is kept for the backward pass."""
 
     @staticmethod
-    def forward(ctx, X, R, spec):
+    def forward(ctx, X, R, mask, spec):
         fast = isinstance(spec.module, nn.Linear) or isinstance(spec.module, TRANSPOSED_TYPES) or (
             spec.module.padding_mode == "zeros" and not isinstance(spec.module.padding, str))
         ctx.spec, ctx.x_shape, ctx.fast = spec, X.shape, fast
-        ctx.save_for_backward(R, None if fast else X.detach())
-        ctx.save_for_forward(R)
+        ctx.save_for_backward(R, mask, None if fast else X.detach())
+        ctx.save_for_forward(R, mask)
         return spec.z.pop()
 
     @staticmethod
     def backward(ctx, g):
-        R, X = ctx.saved_tensors
+        R, mask, X = ctx.saved_tensors
         spec = ctx.spec
         if spec.n_groups == 1:
             gO = g * R
+        elif spec.signed:
+            gR = g * R
+            gO = torch.cat([gR.masked_fill(~mask, 0.0), gR.masked_fill_(mask, 0.0)], spec.cdim)
         else:
             Rs, axis = _split(R, spec)
             gO = (Rs * g.unsqueeze(axis)).flatten(*sorted((axis, axis + 1)))
         if ctx.fast:
-            return _linear_input_grad(spec.module, gO, spec.weight, ctx.x_shape), None, None
+            return _linear_input_grad(spec.module, gO, spec.weight, ctx.x_shape), None, None, None
         with torch.enable_grad():
             Xr = X.detach().requires_grad_(True)
             (gX,) = torch.autograd.grad(_apply_linear(spec.module, Xr, spec.weight, None, 1), Xr, gO)
-        return gX, None, None
+        return gX, None, None, None
 
     @staticmethod
-    def jvp(ctx, tX, tR, tspec):
-        (R,) = ctx.saved_tensors[:1]
+    def jvp(ctx, tX, tR, tmask, tspec):
+        R, mask = ctx.saved_tensors
         spec = ctx.spec
         with torch.no_grad():
-            t = _apply_linear(spec.module, tX, spec.weight, None, 1) * R
+            t = _apply_linear(spec.module, tX, spec.weight, None, 1)
+            if spec.signed:
+                ts, axis = _split(t, spec)
+                return torch.where(mask, *ts.unbind(axis)) * R
+            t = t * R
             if spec.n_groups > 1:
                 ts, axis = _split(t, spec)
                 t = ts.sum(axis)
@@ -333,18 +341,26 @@ class RuleLayer(nn.Module):
                 z = self.rule.output_from_groups(D, b)
                 if z is None:
                     z = _apply_linear(module, a0, w, b, 1)
-                R = torch.empty_like(O)
-                Rs = _split(R, spec)[0].unbind(axis) if len(groups) > 1 else [R]
-                for g, d, r in zip(groups, D, Rs):
-                    torch.div(z, stabilize(d, self.rule.stabilizer), out=r)
-                    if g.where is not None:
-                        r.masked_fill_(z <= 0 if g.where == "pos" else z >= 0, 0.0)
-                    if g.coef != 1.0:
-                        r.mul_(g.coef)
+                eps, mask = self.rule.stabilizer, None
+                spec.signed = [g.where for g in groups] == ["pos", "neg"]
+                if spec.signed:  # R = c_g z / stab(D_g) of the group that applies (0 where z = 0)
+                    mask = z > 0
+                    R = torch.div(z, stabilize(torch.where(mask, *D), eps))
+                    if (groups[0].coef, groups[1].coef) != (1.0, 1.0):
+                        R.mul_(torch.where(mask, groups[0].coef, groups[1].coef).to(R))
+                else:
+                    R = torch.empty_like(O)
+                    Rs = _split(R, spec)[0].unbind(axis) if len(groups) > 1 else [R]
+                    for g, d, r in zip(groups, D, Rs):
+                        torch.div(z, stabilize(d, eps), out=r)
+                        if g.where is not None:
+                            r.masked_fill_(z <= 0 if g.where == "pos" else z >= 0, 0.0)
+                        if g.coef != 1.0:
+                            r.mul_(g.coef)
             if not (X.requires_grad or fwAD.unpack_dual(X).tangent is not None):
                 return z
             spec.z.append(z)
-            return _RuleFunction.apply(X, R, spec)
+            return _RuleFunction.apply(X, R, mask, spec)
 
 
 class _Guard(TorchFunctionMode):
