@@ -151,15 +151,18 @@ def _dense_weight(module: nn.Module, w: torch.Tensor) -> torch.Tensor:
 
 
 def _linear_input_grad(module: nn.Module, g: torch.Tensor, weight: torch.Tensor, x_shape) -> torch.Tensor:
-    """``W^T g``: the derivative of the layer's linear operation (groups 1) w.r.t. its input, which is not
-    needed (only its shape)."""
+    """``W^T g``: the derivative of the layer's linear operation (groups 1) w.r.t. its input (of shape
+    ``x_shape``), as the adjoint operation (transposed convolution of a convolution and vice versa)."""
     if isinstance(module, nn.Linear):
         return g @ weight
-    transposed = isinstance(module, TRANSPOSED_TYPES)
     n = len(module.stride)
-    return torch.ops.aten.convolution_backward(
-        g, g.new_empty(1).expand(x_shape), weight, None, module.stride, module.padding, module.dilation,
-        transposed, list(module.output_padding) if transposed else [0] * n, 1, [True, False, False])[0]
+    if isinstance(module, TRANSPOSED_TYPES):
+        fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+        return fn(g, weight, None, module.stride, module.padding, module.dilation, 1)
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
+    extra = [x_shape[2 + i] - ((g.shape[2 + i] - 1) * module.stride[i] - 2 * module.padding[i]
+                               + module.dilation[i] * (weight.shape[2 + i] - 1) + 1) for i in range(n)]
+    return fn(g, weight, None, module.stride, module.padding, extra, 1, module.dilation)
 
 
 @dataclass
@@ -348,6 +351,11 @@ class RuleLayer(nn.Module):
                     R = torch.div(z, stabilize(torch.where(mask, *D), eps))
                     if (groups[0].coef, groups[1].coef) != (1.0, 1.0):
                         R.mul_(torch.where(mask, groups[0].coef, groups[1].coef).to(R))
+                elif len(groups) == 1 and z is D[0]:  # epsilon: z / (z + eps sign z) = |z| / (|z| + eps)
+                    R = z.abs()
+                    R.div_(R + eps)
+                    if groups[0].coef != 1.0:
+                        R.mul_(groups[0].coef)
                 else:
                     R = torch.empty_like(O)
                     Rs = _split(R, spec)[0].unbind(axis) if len(groups) > 1 else [R]

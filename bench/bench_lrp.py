@@ -137,7 +137,8 @@ def main(argv=None):
             times[name].append(time.perf_counter() - t)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     mem = {} if args.no_memory else {name: memory_of(name, args) for name in rows}
-    if mem and mem["gradient pass"] <= 0:  # at the small size the set-up's own peak hides the passes
+    if mem and mem["gradient pass"] <= 0:  # at the small size the set-up's own peak can hide the passes
+        print(f"# peak memory not measurable here: {mem}")
         mem = {}
     grad, rec = med["gradient pass"], med["LRP pass, recommended"]
     print(f"# load average at end {os.getloadavg()[0]:.1f}; peak memory: max-RSS increase of a fresh process "
