@@ -119,6 +119,8 @@ def main(argv=None):
         rows = ROWS
     except ImportError:
         rows = [r for r in ROWS if not r.startswith("zennit")]
+    # memory first: a child's max RSS starts at its parent's (Linux keeps it across exec), so keep this one small
+    mem = {} if args.no_memory else {name: memory_of(name, args) for name in rows}
     shape = SMALL if args.small else REAL
     model, x, small = setup(shape)
     fns = {name: make_row(name, model, x, small) for name in rows}
@@ -136,7 +138,6 @@ def main(argv=None):
             fn()
             times[name].append(time.perf_counter() - t)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    mem = {} if args.no_memory else {name: memory_of(name, args) for name in rows}
     if mem and mem["gradient pass"] <= 0:  # at the small size the set-up's own peak can hide the passes
         print(f"# peak memory not measurable here: {mem}")
         mem = {}
