@@ -115,21 +115,120 @@ class _State:
             self.depth -= 1
 
 
-def _apply_linear(module: nn.Module, x, weight, bias):
-    """``module``'s operation with other weights and bias."""
+def _apply_linear(module: nn.Module, x, weight, bias, groups: Optional[int] = None):
+    """The layer's linear operation with other weights (and ``groups``, default the layer's)."""
     if isinstance(module, nn.Linear):
         return F.linear(x, weight, bias)
+    groups = module.groups if groups is None else groups
     if isinstance(module, CONV_TYPES):
-        return module._conv_forward(x, weight, bias)
+        fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(module.stride)]
+        if module.padding_mode != "zeros":
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+            return fn(x, weight, bias, module.stride, 0, module.dilation, groups)
+        return fn(x, weight, bias, module.stride, module.padding, module.dilation, groups)
     if isinstance(module, TRANSPOSED_TYPES):
         fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[len(module.stride)]
-        return fn(x, weight, bias, module.stride, module.padding, module.output_padding, module.groups,
+        return fn(x, weight, bias, module.stride, module.padding, module.output_padding, groups,
                   module.dilation)
     raise LRPError(f"no linear operation for {type(module).__name__}")
 
 
 def _channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((1, -1) + (1,) * (like.dim() - 2)).to(like)
+
+
+def _dense_weight(module: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    """A grouped convolution's weight as the equivalent dense (groups = 1) weight."""
+    n = 1 if isinstance(module, nn.Linear) else module.groups
+    if n == 1:
+        return w
+    # Conv (out, in/n, k) and ConvTranspose (in, out/n, k): blocks along dim 0, each with its own dim-1 slice
+    step, width = w.shape[0] // n, w.shape[1]
+    dense = w.new_zeros((w.shape[0], width * n) + tuple(w.shape[2:]))
+    for j in range(n):
+        dense[j * step:(j + 1) * step, j * width:(j + 1) * width] = w[j * step:(j + 1) * step]
+    return dense
+
+
+def _linear_input_grad(module: nn.Module, g: torch.Tensor, weight: torch.Tensor, x_shape) -> torch.Tensor:
+    """``W^T g``: the derivative of the layer's linear operation (groups 1) w.r.t. its input (of shape
+    ``x_shape``), as the adjoint operation (transposed convolution of a convolution and vice versa)."""
+    if isinstance(module, nn.Linear):
+        return g @ weight
+    n = len(module.stride)
+    if isinstance(module, TRANSPOSED_TYPES):
+        fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+        return fn(g, weight, None, module.stride, module.padding, module.dilation, 1)
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
+    extra = [x_shape[2 + i] - ((g.shape[2 + i] - 1) * module.stride[i] - 2 * module.padding[i]
+                               + module.dilation[i] * (weight.shape[2 + i] - 1) + 1) for i in range(n)]
+    return fn(g, weight, None, module.stride, module.padding, extra, 1, module.dilation)
+
+
+@dataclass
+class _Fused:
+    """What the backward / forward-mode derivative of one rule layer needs."""
+
+    module: nn.Module
+    weight: torch.Tensor       # block weight: all groups' parts, inputs stacked on the channel axis
+    n_groups: int
+    cdim: int                  # channel axis (1; -1 for nn.Linear)
+    z: list                    # [the layer's output], handed to forward and dropped there
+    signed: bool = False       # two groups for z > 0 and z < 0: one ratio tensor R and the mask z > 0
+
+
+def _split(t: torch.Tensor, spec: _Fused):
+    """(..., G*C, ...) -> (..., G, C, ...) and the axis of G."""
+    return t.unflatten(spec.cdim, (spec.n_groups, -1)), (1 if spec.cdim == 1 else -2)
+
+
+class _RuleFunction(torch.autograd.Function):
+    """Value: the layer's output ``z``.  Derivative: ``sum_g R_g * d(W_g X)`` with ``X`` the stacked rule
+    inputs, ``W_g`` the group's block weights and ``R_g = c_g mask_g z / stab(D_g)`` (detached ratios) -- one
+    linear operation (vjp: its transpose, jvp: itself); only ``R`` is kept for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, X, R, mask, spec):
+        fast = isinstance(spec.module, nn.Linear) or isinstance(spec.module, TRANSPOSED_TYPES) or (
+            spec.module.padding_mode == "zeros" and not isinstance(spec.module.padding, str))
+        ctx.spec, ctx.x_shape, ctx.fast = spec, X.shape, fast
+        ctx.save_for_backward(R, mask, None if fast else X.detach())
+        ctx.save_for_forward(R, mask)
+        return spec.z.pop()
+
+    @staticmethod
+    def backward(ctx, g):
+        R, mask, X = ctx.saved_tensors
+        spec = ctx.spec
+        if spec.n_groups == 1:
+            gO = g * R
+        elif spec.signed:
+            gR = g * R
+            gO = torch.cat([gR.masked_fill(~mask, 0.0), gR.masked_fill_(mask, 0.0)], spec.cdim)
+        else:
+            Rs, axis = _split(R, spec)
+            gO = (Rs * g.unsqueeze(axis)).flatten(*sorted((axis, axis + 1)))
+        if ctx.fast:
+            return _linear_input_grad(spec.module, gO, spec.weight, ctx.x_shape), None, None, None
+        with torch.enable_grad():
+            Xr = X.detach().requires_grad_(True)
+            (gX,) = torch.autograd.grad(_apply_linear(spec.module, Xr, spec.weight, None, 1), Xr, gO)
+        return gX, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tX, tR, tmask, tspec):
+        R, mask = ctx.saved_tensors
+        spec = ctx.spec
+        with torch.no_grad():
+            t = _apply_linear(spec.module, tX, spec.weight, None, 1)
+            if spec.signed:
+                ts, axis = _split(t, spec)
+                return torch.where(mask, *ts.unbind(axis)) * R
+            t = t * R
+            if spec.n_groups > 1:
+                ts, axis = _split(t, spec)
+                t = ts.sum(axis)
+        return t
 
 
 class RuleLayer(nn.Module):
@@ -160,25 +259,33 @@ class RuleLayer(nn.Module):
         shape[1 if isinstance(self.module, TRANSPOSED_TYPES) else 0] = -1
         return w * scale.reshape(shape), (b if b is not None else 0.0) * scale + shift
 
-    def _term_input(self, kind: str, a: torch.Tensor):
+    def _term_input(self, kind: str, a: torch.Tensor, nonneg: bool = False, neg_channels=None):
+        """The input of a rule part; ``nonneg``: ``a >= 0``; ``neg_channels``: the only input channels with
+        negative values."""
         st = self._state
-        if kind == "a":
+        if kind == "a" or (kind == "pos" and nonneg):
             return a
         if kind == "pos":
             return a.clamp(min=0)
         if kind == "neg":
+            if neg_channels is not None:
+                a = a.index_select(-1 if isinstance(self.module, nn.Linear) else 1, neg_channels)
             return a.clamp(max=0)
         if st.probe is None or st.probe.shape != a.shape:
             raise LRPError(f"rule {self.rule!r} on {self.layer_name!r} needs the network input as this layer's input")
         if kind == "ones":
             return st.probe
-        bound = getattr(self.rule, kind, None)
-        if bound is None:  # z^B bounds from the data
-            bound = st.low if kind == "low" else st.high
-        bound = torch.as_tensor(bound, dtype=a.dtype, device=a.device).reshape(-1)
-        if bound is None:
+        low, high = (getattr(self.rule, k, None) for k in ("low", "high"))
+        low, high = (st.low if low is None else low), (st.high if high is None else high)  # default: from the data
+        if low is None or high is None:
             raise LRPError(f"z^B rule on {self.layer_name!r}: no input bounds given")
-        return _channel_view(bound, a) * st.probe
+        low, high = (_channel_view(torch.as_tensor(v, dtype=a.dtype, device=a.device).reshape(-1), a)
+                     for v in (low, high))
+        if kind == "a-high":
+            return a - high * st.probe
+        if kind == "high-low":
+            return (high - low) * st.probe
+        raise LRPError(f"unknown rule input {kind!r}")
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         st = self._state
@@ -186,25 +293,82 @@ class RuleLayer(nn.Module):
             if st.layer_sums is not None and a.requires_grad:
                 a.register_hook(lambda g, a=a.detach(), n=self.layer_name, sums=st.layer_sums: sums.__setitem__(
                     n, float((a * g).sum())))
-            w = self.module.weight.detach()
-            b = None if self.module.bias is None else self.module.bias.detach()
+            module = self.module
+            w = module.weight.detach()
+            b = None if module.bias is None else module.bias.detach()
             if self.instance_norm is not None:
                 w, b = self._fold_instance_norm(a, w, b)
-            terms = self.rule.terms(w, b)
-            # after a ReLU the negative part of the input is zero: skip those (bias-free) terms exactly
-            nonneg = any(t.input == "neg" for t in terms) and bool((a.detach() >= 0).all())
-            skip = [nonneg and t.input == "neg" and t.bias is None for t in terms]
-            outs = [None if sk else _apply_linear(self.module, self._term_input(t.input, a), t.weight, t.bias)
-                    for t, sk in zip(terms, skip)]
-            plain = [o for t, o in zip(terms, outs) if t.input == "a" and t.weight is w and t.bias is b]
-            z = plain[0].detach() if plain else None
-            if z is None and nonneg:
-                z = self.rule.output_from_terms([None if o is None else o.detach() for o in outs])
-            if z is None:
-                z = _apply_linear(self.module, a.detach(), w, b)
-            mults = self.rule.multipliers([torch.zeros_like(z) if o is None else o.detach() for o in outs], z)
-            f = sum(t.coef * o * (z * m) for t, o, m in zip(terms, outs, mults) if o is not None)
-            return z + (f - f.detach())
+            w = _dense_weight(module, w)
+            linear = isinstance(module, nn.Linear)
+            cdim = -1 if linear else 1
+            in_dim, out_dim = (0, 1) if isinstance(module, TRANSPOSED_TYPES) else (1, 0)
+            a0 = a.detach()  # also drops a forward-mode tangent
+            groups = self.rule.groups(w, b)
+            kinds = list(dict.fromkeys(p.input for g in groups for p in g.parts))
+            # after a ReLU the negative part of the input is zero: leave it out, for every channel where it is
+            nonneg, neg_channels = False, None
+            if "neg" in kinds:
+                has_neg = a0.amin(dim=[d for d in range(a.dim()) if d != a.dim() + cdim and d != cdim]) < 0
+                if not bool(has_neg.any()):
+                    nonneg = True
+                    kinds.remove("neg")
+                elif not bool(has_neg.all()):
+                    neg_channels = has_neg.nonzero()[:, 0]
+            inputs = [self._term_input(k, a, nonneg, neg_channels) for k in kinds]
+            X = torch.cat(inputs, cdim) if len(inputs) > 1 else inputs[0]
+            rows, biases = [], []
+            for g in groups:
+                cols = []
+                for k, x_k in zip(kinds, inputs):
+                    ws = [p.weight for p in g.parts if p.input == k]
+                    if not ws:
+                        size = list(w.shape)
+                        size[in_dim] = x_k.shape[cdim]
+                        cols.append(w.new_zeros(size))
+                        continue
+                    w_k = sum(ws[1:], ws[0])
+                    cols.append(w_k if k != "neg" or neg_channels is None else w_k.index_select(in_dim, neg_channels))
+                rows.append(torch.cat(cols, in_dim) if len(cols) > 1 else cols[0])
+                bs = [p.bias for p in g.parts if p.bias is not None]
+                biases.append(sum(bs[1:], bs[0]) if bs else None)
+            weight = torch.cat(rows, out_dim) if len(rows) > 1 else rows[0]
+            bias = None
+            if any(x is not None for x in biases):
+                n_out = w.shape[out_dim]
+                bias = torch.cat([x if x is not None else w.new_zeros(n_out) for x in biases])
+            with torch.no_grad():
+                O = _apply_linear(module, X.detach(), weight, bias, 1)
+                spec = _Fused(module, weight, len(groups), cdim, [])
+                Os, axis = _split(O, spec)
+                D = Os.unbind(axis) if len(groups) > 1 else [O]
+                z = self.rule.output_from_groups(D, b)
+                if z is None:
+                    z = _apply_linear(module, a0, w, b, 1)
+                eps, mask = self.rule.stabilizer, None
+                spec.signed = [g.where for g in groups] == ["pos", "neg"]
+                if spec.signed:  # R = c_g z / stab(D_g) of the group that applies (0 where z = 0)
+                    mask = z > 0
+                    R = torch.div(z, stabilize(torch.where(mask, *D), eps))
+                    if (groups[0].coef, groups[1].coef) != (1.0, 1.0):
+                        R.mul_(torch.where(mask, groups[0].coef, groups[1].coef).to(R))
+                elif len(groups) == 1 and z is D[0]:  # epsilon: z / (z + eps sign z) = |z| / (|z| + eps)
+                    R = z.abs()
+                    R.div_(R + eps)
+                    if groups[0].coef != 1.0:
+                        R.mul_(groups[0].coef)
+                else:
+                    R = torch.empty_like(O)
+                    Rs = _split(R, spec)[0].unbind(axis) if len(groups) > 1 else [R]
+                    for g, d, r in zip(groups, D, Rs):
+                        torch.div(z, stabilize(d, eps), out=r)
+                        if g.where is not None:
+                            r.masked_fill_(z <= 0 if g.where == "pos" else z >= 0, 0.0)
+                        if g.coef != 1.0:
+                            r.mul_(g.coef)
+            if not (X.requires_grad or fwAD.unpack_dual(X).tangent is not None):
+                return z
+            spec.z.append(z)
+            return _RuleFunction.apply(X, R, mask, spec)
 
 
 class _Guard(TorchFunctionMode):

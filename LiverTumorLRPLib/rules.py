@@ -1,15 +1,16 @@
 """LRP rules for linear layers (Conv, ConvTranspose, Linear), written as modified forward passes.
 
-A rule is a list of *terms* ``(input modifier, weight/bias modifier, coefficient)`` and
-the *multipliers* that divide the upper relevance by the rule's stabilised
-denominators.  For a layer with input ``a`` and output ``z`` the rule's relevance is
+A rule is a list of *groups*, each a stabilised denominator ``D_g = sum_k (W_k in_k(a) + b_k)`` over its
+*parts* (input modifier, modified weight and bias), a coefficient ``c_g`` and optionally the sign of the
+output ``z`` it applies to.  For a layer with input ``a`` and output ``z`` the rule's relevance is
 
-    R_in = sum_k coef_k * in_k(a) * W_k^T (m_k * R_out)
+    R_in = sum_g c_g sum_{k in g} in_k(a) * W_k^T (mask_g(z) z / stab(D_g) * R_out / z)
 
-exactly as zennit's ``BasicHook`` (input_modifiers, param_modifiers, gradient_mapper,
-reducer).  :mod:`LiverTumorLRPLib.lrp` turns this into a forward pass whose value is
-``z`` and whose derivative carries the rule, so that relevance is a gradient
-(vjp) and per-voxel relevance sums are a forward-mode derivative (jvp).
+which is zennit's ``BasicHook`` (input_modifiers, param_modifiers, gradient_mapper, reducer) with the terms
+that share a denominator summed.  :mod:`LiverTumorLRPLib.lrp` turns this into a forward pass whose value is
+``z`` and whose derivative carries the rule -- one convolution for all groups and parts (inputs stacked on
+the channel axis, weights in blocks) -- so that relevance is a gradient (vjp) and per-voxel relevance sums
+are a forward-mode derivative (jvp).
 
 Formulas and defaults follow zennit 0.5.1, so that the numbers agree:
 Epsilon, Gamma (generalised, sign-aware), ZPlus (= alpha1-beta0), AlphaBeta, ZBox
@@ -17,7 +18,7 @@ Epsilon, Gamma (generalised, sign-aware), ZPlus (= alpha1-beta0), AlphaBeta, ZBo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -25,18 +26,26 @@ import torch
 
 def stabilize(t: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``t + epsilon * sign(t)`` with sign(0) = +1 (zennit's stabiliser)."""
-    sign = (t == 0).to(t) + t.sign()
-    return t + sign * epsilon
+    return torch.where(t >= 0, t + epsilon, t - epsilon)
 
 
 @dataclass
-class Term:
-    """One summand of a rule: input modifier, modified weight and bias, and its coefficient."""
+class Part:
+    """One summand of a denominator: input modifier and modified weight and bias."""
 
-    input: str                    # "a" (layer input), "pos", "neg" (its clamped parts), "ones", "low", "high"
+    input: str    # "a" (layer input), "pos", "neg" (its clamped parts), "ones", "a-high", "high-low" (z^B bounds)
     weight: torch.Tensor
-    bias: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor] = None
+
+
+@dataclass
+class Group:
+    """Parts sharing one stabilised denominator; ``coef`` scales their relevance; ``where``: "pos" / "neg"
+    applies the group only to outputs ``z > 0`` / ``z < 0`` (None: to all)."""
+
+    parts: list = field(default_factory=list)
     coef: float = 1.0
+    where: Optional[str] = None
 
 
 def _pos(t):
@@ -54,27 +63,27 @@ def _zero_bias(b, zero: bool):
 class Rule:
     """Base class. ``needs_probe``: the rule replaces the input by constants (bounds, ones), so it is only
     valid on the network's input layer.  ``data_independent``: the rule's input relevance does not depend on the
-    input values (Flat, w^2), so per-sequence relevance measured with it is meaningless."""
+    input values (Flat, w^2), so per-sequence relevance measured with it is meaningless.  ``stabilizer``: the
+    epsilon of the denominators."""
 
     name = "rule"
     needs_probe = False
     data_independent = False
+    stabilizer = 1e-6
 
     def __init__(self, zero_bias: bool = False):
         self.zero_bias = zero_bias
 
-    def terms(self, weight, bias) -> list[Term]:
+    def groups(self, weight, bias) -> list[Group]:
         raise NotImplementedError
 
-    def multipliers(self, outputs: Sequence[torch.Tensor], z: torch.Tensor) -> list[torch.Tensor]:
-        """Per-term factors ``m_k`` (detached) applied to the upper relevance; ``outputs`` are the term outputs
-        (with their biases), ``z`` the layer's true output."""
-        raise NotImplementedError
-
-    def output_from_terms(self, outputs) -> Optional[torch.Tensor]:
-        """The layer's output recovered from the term outputs when the input is non-negative (the terms on
-        its negative part are then skipped, ``None``), saving one convolution; None if not possible."""
+    def output_from_groups(self, denominators: Sequence[torch.Tensor], bias) -> Optional[torch.Tensor]:
+        """The layer's output ``z = W a + bias`` recovered from the (unstabilised) denominators, saving a
+        convolution; None if not possible."""
         return None
+
+    def _keeps_bias(self, bias) -> bool:
+        return bias is None or not self.zero_bias
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -91,11 +100,15 @@ class Epsilon(Rule):
         super().__init__(zero_bias)
         self.epsilon = float(epsilon)
 
-    def terms(self, weight, bias):
-        return [Term("a", weight, _zero_bias(bias, self.zero_bias))]
+    @property
+    def stabilizer(self):
+        return self.epsilon or 1e-12
 
-    def multipliers(self, outputs, z):
-        return [1.0 / stabilize(outputs[0], self.epsilon or 1e-12)]
+    def groups(self, weight, bias):
+        return [Group([Part("a", weight, _zero_bias(bias, self.zero_bias))])]
+
+    def output_from_groups(self, denominators, bias):
+        return denominators[0] if self._keeps_bias(bias) else None
 
 
 class ZPlus(Rule):
@@ -107,13 +120,9 @@ class ZPlus(Rule):
         super().__init__(zero_bias)
         self.stabilizer = float(stabilizer)
 
-    def terms(self, weight, bias):
+    def groups(self, weight, bias):
         b = _zero_bias(bias, self.zero_bias)
-        return [Term("pos", _pos(weight), _pos(b)), Term("neg", _neg(weight), None)]
-
-    def multipliers(self, outputs, z):
-        m = 1.0 / stabilize(outputs[0] + outputs[1], self.stabilizer)
-        return [m, m]
+        return [Group([Part("pos", _pos(weight), _pos(b)), Part("neg", _neg(weight))])]
 
 
 class AlphaBeta(Rule):
@@ -127,19 +136,14 @@ class AlphaBeta(Rule):
             raise ValueError(f"alpha-beta rule needs alpha, beta >= 0 and alpha - beta = 1 (got {alpha}, {beta})")
         self.alpha, self.beta, self.stabilizer = float(alpha), float(beta), float(stabilizer)
 
-    def terms(self, weight, bias):
+    def groups(self, weight, bias):
         b = _zero_bias(bias, self.zero_bias)
-        return [Term("pos", _pos(weight), _pos(b), self.alpha), Term("neg", _neg(weight), None, self.alpha),
-                Term("pos", _neg(weight), _neg(b), -self.beta), Term("neg", _pos(weight), None, -self.beta)]
+        return [Group([Part("pos", _pos(weight), _pos(b)), Part("neg", _neg(weight))], self.alpha),
+                Group([Part("pos", _neg(weight), _neg(b)), Part("neg", _pos(weight))], -self.beta)]
 
-    def multipliers(self, outputs, z):
-        mp = 1.0 / stabilize(outputs[0] + outputs[1], self.stabilizer)
-        mn = 1.0 / stabilize(outputs[2] + outputs[3], self.stabilizer)
-        return [mp, mp, mn, mn]
-
-    def output_from_terms(self, outputs):
-        # a >= 0: (W+ a + b+) + (W- a + b-) = W a + b
-        return outputs[0] + outputs[2] if outputs[1] is None and outputs[3] is None else None
+    def output_from_groups(self, denominators, bias):
+        # (W+ a+ + W- a- + b+) + (W- a+ + W+ a- + b-) = W a + b
+        return denominators[0] + denominators[1] if self._keeps_bias(bias) else None
 
 
 class Gamma(Rule):
@@ -152,22 +156,18 @@ class Gamma(Rule):
         super().__init__(zero_bias)
         self.gamma, self.stabilizer = float(gamma), float(stabilizer)
 
-    def terms(self, weight, bias):
+    def groups(self, weight, bias):
         g = self.gamma
         b = _zero_bias(bias, self.zero_bias)
         wp, wn = weight + g * _pos(weight), weight + g * _neg(weight)
         bp = None if b is None else b + g * _pos(b)
         bn = None if b is None else b + g * _neg(b)
-        return [Term("pos", wp, bp), Term("neg", wn, None), Term("pos", wn, bn), Term("neg", wp, None)]
+        return [Group([Part("pos", wp, bp), Part("neg", wn)], where="pos"),
+                Group([Part("pos", wn, bn), Part("neg", wp)], where="neg")]
 
-    def multipliers(self, outputs, z):
-        mp = (z > 0).to(z) / stabilize(outputs[0] + outputs[1], self.stabilizer)
-        mn = (z < 0).to(z) / stabilize(outputs[2] + outputs[3], self.stabilizer)
-        return [mp, mp, mn, mn]
-
-    def output_from_terms(self, outputs):
-        # a >= 0: (w + g w+) a + (b + g b+) + (w + g w-) a + (b + g b-) = (2 + g) (w a + b)
-        return (outputs[0] + outputs[2]) / (2.0 + self.gamma) if outputs[1] is None and outputs[3] is None else None
+    def output_from_groups(self, denominators, bias):
+        # (w + g w+) + (w + g w-) = (2 + g) w, the same for the biases
+        return (denominators[0] + denominators[1]) / (2.0 + self.gamma) if self._keeps_bias(bias) else None
 
 
 class ZBox(Rule):
@@ -183,15 +183,10 @@ class ZBox(Rule):
         super().__init__(zero_bias)
         self.low, self.high, self.stabilizer = low, high, float(stabilizer)
 
-    def terms(self, weight, bias):
-        b = _zero_bias(bias, self.zero_bias)
-        # biases enter all three terms, so they cancel in the denominator (as in zennit)
-        return [Term("a", weight, b), Term("low", _pos(weight), _pos(b), -1.0),
-                Term("high", _neg(weight), _neg(b), -1.0)]
-
-    def multipliers(self, outputs, z):
-        m = 1.0 / stabilize(outputs[0] - outputs[1] - outputs[2], self.stabilizer)
-        return [m, m, m]
+    def groups(self, weight, bias):
+        # zennit's denominator W a - W+ low - W- high (the biases cancel) as W (a - high) + W+ (high - low):
+        # two inputs instead of three
+        return [Group([Part("a-high", weight), Part("high-low", _pos(weight))])]
 
 
 class WSquare(Rule):
@@ -206,12 +201,9 @@ class WSquare(Rule):
         super().__init__(zero_bias)
         self.stabilizer = float(stabilizer)
 
-    def terms(self, weight, bias):
+    def groups(self, weight, bias):
         b = _zero_bias(bias, self.zero_bias)
-        return [Term("ones", weight ** 2, None if b is None else b ** 2)]
-
-    def multipliers(self, outputs, z):
-        return [1.0 / stabilize(outputs[0], self.stabilizer)]
+        return [Group([Part("ones", weight ** 2, None if b is None else b ** 2)])]
 
 
 class Flat(Rule):
@@ -226,11 +218,8 @@ class Flat(Rule):
         super().__init__(zero_bias=True)
         self.stabilizer = float(stabilizer)
 
-    def terms(self, weight, bias):
-        return [Term("ones", torch.ones_like(weight), None)]
-
-    def multipliers(self, outputs, z):
-        return [1.0 / stabilize(outputs[0], self.stabilizer)]
+    def groups(self, weight, bias):
+        return [Group([Part("ones", torch.ones_like(weight))])]
 
 
 RULES: dict[str, Callable[..., Rule]] = {

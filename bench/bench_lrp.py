@@ -1,166 +1,170 @@
-"""Benchmark of the LRP engine, measured side by side in one run on the same model and input.
+"""Benchmark of the LRP engine at the real case size, measured side by side in one run.
 
-    python bench/bench_lrp.py [--shape 16 32 32] [--base 8] [--device cpu] [--repeats 3]
+    python bench/bench_lrp.py [--small] [--threads 2] [--repeats 3] [--no-memory]
 
-Prints, in "LRP passes" (the time of one Eq. 1 relevance pass: forward + backward):
-  (a) Eq. 2 one-pass (forward-mode sums + one backward) vs the per-voxel loop, |A| = 10, 100, 1000;
-  (b) one LRP pass vs zennit's pass with the same composite (EpsilonGammaBox, BatchNorm merged), and one
-      pass of other presets (gamma has four terms per layer, epsilon one);
-  (c) one LRP pass vs one plain gradient pass (forward + backward of the original network);
-  and the peak memory torch allocates for each (CUDA: max allocated; CPU: the profiler's allocation events).
-Targets: Eq. 2 <= 3 LRP passes whatever |A|; an LRP pass no slower than zennit's and <= 2x a gradient pass.
+Bundled model, input 6 x 48 x 128 x 128 (the size it was trained on; ``--small``: 6 x 16 x 32 x 32), CPU.
+Rows: forward, gradient pass (forward + backward of the original network), our LRP pass (Eq. 1) with the
+presets ``recommended`` / ``paper`` / ``epsilon`` / ``epsilon-gamma-box``, zennit 0.5.1's EpsilonGammaBox
+with its BatchNorm merge canonizer, and Eq. 2 (``explain.region_relevance``, a 2,048-voxel region,
+``recommended``: one forward carrying the tangent and keeping the graph, one backward).  Times: one warm-up,
+then ``--repeats`` rounds interleaving all rows, median per row.  Peak memory: the increase of the
+maximum resident set size (``getrusage``) of a fresh process over one pass of that row alone (after loading the
+model, building on a small input and making the input), so it counts everything torch allocates on the CPU.
+Targets (issue 17): ``recommended`` <= 1.3 gradient passes; EpsilonGammaBox <= 2.5 gradient passes and >= 2x
+faster than zennit; Eq. 2 <= 1.8 LRP passes; peak memory of an LRP pass <= 1.5x a gradient pass.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import statistics
+import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-from LiverTumorLRPLib.explain import region_relevance, region_relevance_loop  # noqa: E402
+from LiverTumorLRPLib.explain import region_relevance  # noqa: E402
 from LiverTumorLRPLib.lrp import LRP  # noqa: E402
-from LiverTumorLRPLib.unet import UNet3D, UNetConfig  # noqa: E402
+from LiverTumorLRPLib.models import load_model  # noqa: E402
+
+REAL, SMALL = (48, 128, 128), (16, 32, 32)
+REGION = (8, 16, 16)  # 2,048 voxels
+ROWS = ["forward", "gradient pass", "LRP pass, recommended", "LRP pass, paper", "LRP pass, epsilon",
+        "LRP pass, EpsilonGammaBox", "zennit EpsilonGammaBox + BN merge", "Eq. 2 region_relevance"]
+PRESET_ROWS = {"LRP pass, recommended": "recommended", "LRP pass, paper": "paper", "LRP pass, epsilon": "epsilon",
+               "LRP pass, EpsilonGammaBox": "epsilon-gamma-box"}
 
 
-def setup(args):
-    torch.manual_seed(0)
-    model = UNet3D(UNetConfig(depth=3, base_channels=args.base)).eval().to(args.device)
-    x = torch.randn((1, 6) + tuple(args.shape), generator=torch.Generator().manual_seed(1)).to(args.device)
-    return model, x
+def setup(shape):
+    model = load_model("bundled").eval()
+    x = torch.randn((1, 6) + tuple(shape), generator=torch.Generator().manual_seed(1))
+    small = torch.randn((1, 6) + SMALL, generator=torch.Generator().manual_seed(2))
+    return model, x, small
 
 
-def zennit_pass(model, x, seed):
-    from zennit.canonizers import SequentialMergeBatchNorm
-    from zennit.composites import EpsilonGammaBox
+def make_row(name, model, x, small):
+    """The callable timed for row ``name`` (its set-up -- building the LRP copy on a small input -- done here)."""
+    seed = torch.zeros((1, 2) + tuple(x.shape[2:]))
+    seed[(0, 1) + tuple(n // 2 for n in x.shape[2:])] = 1.0
+    if name == "forward":
+        def run():
+            with torch.no_grad():
+                model(x)
+        return run
+    if name == "gradient pass":
+        def run():
+            inp = x.clone().requires_grad_(True)
+            torch.autograd.grad(model(inp), inp, seed)
+        return run
+    if name in PRESET_ROWS:
+        lrp = LRP(model, PRESET_ROWS[name]).build(small)
+        return lambda: lrp.relevance(x, seed)
+    if name.startswith("zennit"):
+        from zennit.canonizers import SequentialMergeBatchNorm
+        from zennit.composites import EpsilonGammaBox
 
-    low = x.amin(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)
-    high = x.amax(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)
-    composite = EpsilonGammaBox(low=low, high=high, canonizers=[SequentialMergeBatchNorm()])
+        low = x.amin(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)
+        high = x.amax(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)
+        composite = EpsilonGammaBox(low=low, high=high, canonizers=[SequentialMergeBatchNorm()])
 
-    def run():
-        inp = x.clone().requires_grad_(True)
-        with composite.context(model) as modified:
-            y = modified(inp)
-            torch.autograd.grad(y, inp, grad_outputs=seed * y)
-    return run
-
-
-def methods(model, x, args):
-    """name -> callable, all on the same model and input."""
-    lrp = LRP(model, "epsilon-gamma-box").build(x)
-    y = model(x).detach()
-    seed = torch.zeros_like(y)
-    seed[0, 1, args.shape[0] // 2, args.shape[1] // 2, args.shape[2] // 2] = 1.0
-
-    def gradient():
-        inp = x.clone().requires_grad_(True)
-        torch.autograd.grad(model(inp), inp, seed)
-
-    out = {"gradient pass": gradient, "LRP pass (ours)": lambda: lrp.relevance(x, seed)}
-    for preset in args.presets:
-        other = LRP(model, preset).build(x)
-        out[f"LRP pass (ours, {preset})"] = (lambda o=other: o.relevance(x, seed))
-    try:
-        import zennit  # noqa: F401
-        out["LRP pass (zennit)"] = zennit_pass(model, x, seed)
-    except ImportError:
-        pass
-    image = x[0].cpu().numpy()
-    rng = np.random.default_rng(2)
-    for n in args.sizes:
-        flat = rng.choice(image[0].size, size=n, replace=False)
-        region = np.zeros(image[0].size, bool)
-        region[flat] = True
-        region = region.reshape(image.shape[1:])
-        out[f"Eq. 2 one-pass |A|={n}"] = (lambda r=region: region_relevance(lrp, image, r, 1, device=args.device))
-        if n <= args.max_loop:
-            out[f"Eq. 2 per-voxel loop |A|={n}"] = (lambda r=region: region_relevance_loop(lrp, image, r, 1,
-                                                                                          device=args.device))
-    return out
+        def run():
+            inp = x.clone().requires_grad_(True)
+            with composite.context(model) as modified:
+                y = modified(inp)
+                torch.autograd.grad(y, inp, grad_outputs=seed * y)
+        return run
+    if name.startswith("Eq. 2"):
+        lrp = LRP(model, "recommended").build(small)
+        image = x[0].numpy()
+        region = np.zeros(image.shape[1:], bool)
+        region[tuple(slice(n // 2 - r // 2, n // 2 - r // 2 + r) for n, r in zip(image.shape[1:], REGION))] = True
+        return lambda: region_relevance(lrp, image, region, 1, device="cpu")
+    raise KeyError(name)
 
 
-def peak_memory(fn, device) -> float:
-    """Peak memory (MiB) allocated by torch while ``fn`` runs: CUDA's counter, or the CPU profiler's
-    allocation events summed in time order."""
-    if device != "cpu" and torch.cuda.is_available():
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
+def memory_of(name, args) -> float:
+    """Peak RSS increase (MiB) of a fresh process running one pass of row ``name``."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-row", name, "--threads", str(args.threads)]
+    out = subprocess.run(cmd + (["--small"] if args.small else []), capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-    current = peak = 0
-    for e in events:
-        current += e.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak / 2**20
+
+def _memory_child(args):
+    model, x, small = setup(SMALL if args.small else REAL)
+    run = make_row(args.memory_row, model, x, small)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)  # KiB on Linux
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", type=int, nargs=3, default=[16, 32, 32])
-    ap.add_argument("--base", type=int, default=8)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--small", action="store_true", help=f"input 6 x {' x '.join(map(str, SMALL))} (fast)")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
-    ap.add_argument("--max-loop", type=int, default=1000, help="largest |A| timed with the per-voxel loop")
-    ap.add_argument("--presets", nargs="*", default=["epsilon", "paper", "recommended"],
-                    help="presets also timed for one LRP pass (the main rows use epsilon-gamma-box, as zennit)")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-row", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, x = setup(args)
-    fns = methods(model, x, args)
-    print(f"# bench_lrp: u-net depth 3, base {args.base}, input 6x{'x'.join(map(str, args.shape))}, "
-          f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"# command: python bench/bench_lrp.py --shape {' '.join(map(str, args.shape))} --base {args.base} "
-          f"--device {args.device}")
-    # warm up everything, then interleave the repeats so that load on the machine hits all methods alike
-    times = {}
-    for name, fn in fns.items():
-        if "loop" not in name:
-            fn()
-    for _ in range(args.repeats):
+    torch.set_num_threads(args.threads)
+    if args.memory_row:
+        return _memory_child(args)
+    try:
+        import zennit  # noqa: F401
+        rows = ROWS
+    except ImportError:
+        rows = [r for r in ROWS if not r.startswith("zennit")]
+    # memory first: a child's max RSS starts at its parent's (Linux keeps it across exec), so keep this one small
+    mem = {} if args.no_memory else {name: memory_of(name, args) for name in rows}
+    shape = SMALL if args.small else REAL
+    model, x, small = setup(shape)
+    fns = {name: make_row(name, model, x, small) for name in rows}
+    load = os.getloadavg()
+    print(f"# bench_lrp: bundled model, input 6 x {' x '.join(map(str, shape))}, CPU, {args.threads} threads, "
+          f"torch {torch.__version__}; load average at start {load[0]:.1f} ({os.cpu_count()} cores)")
+    print(f"# command: python bench/bench_lrp.py{' --small' if args.small else ''} --threads {args.threads} "
+          f"--repeats {args.repeats}")
+    for fn in fns.values():  # warm-up
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(args.repeats):  # interleaved, so that load on the machine hits all rows alike
         for name, fn in fns.items():
-            if "loop" not in name:
-                times[name] = min(times.get(name, float("inf")), timed_once(fn))
-    for name, fn in fns.items():
-        if "loop" in name:
-            times[name] = timed_once(fn)
-    unit = times["LRP pass (ours)"]
-    print(f"{'method':34s} {'seconds':>9s} {'LRP passes':>11s} {'peak MiB':>9s}")
-    for name, t in times.items():
-        mem = "" if args.no_memory or "loop" in name else f"{peak_memory(fns[name], args.device):9.1f}"
-        print(f"{name:34s} {t:9.4f} {t / unit:11.2f} {mem:>9s}")
-    print("# ratios")
-    if "LRP pass (zennit)" in times:
-        print(f"LRP pass ours / zennit:        {unit / times['LRP pass (zennit)']:.2f}  (target <= 1)")
-    print(f"LRP pass ours / gradient pass: {unit / times['gradient pass']:.2f}  (target <= 2)")
-    for preset in args.presets:
-        t = times[f"LRP pass (ours, {preset})"]
-        print(f"LRP pass ours ({preset}) / gradient pass: {t / times['gradient pass']:.2f}")
-    for n in args.sizes:
-        fast = times[f"Eq. 2 one-pass |A|={n}"]
-        line = f"Eq. 2 |A|={n}: one-pass = {fast / unit:.2f} LRP passes (target <= 3)"
-        loop = times.get(f"Eq. 2 per-voxel loop |A|={n}")
-        if loop is not None:
-            line += f"; per-voxel loop / one-pass = {loop / fast:.1f}x"
-        print(line)
-
-
-def timed_once(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    if mem and mem["gradient pass"] <= 0:  # at the small size the set-up's own peak can hide the passes
+        print(f"# peak memory not measurable here: {mem}")
+        mem = {}
+    grad, rec = med["gradient pass"], med["LRP pass, recommended"]
+    print(f"# load average at end {os.getloadavg()[0]:.1f}; peak memory: max-RSS increase of a fresh process "
+          "over one pass (getrusage)")
+    print("| pass | seconds | x gradient | peak MiB | x gradient memory |")
+    print("|---|---|---|---|---|")
+    for name in rows:
+        note = f" ({med[name] / rec:.2f} LRP passes)" if name.startswith("Eq. 2") else ""
+        m = f"{mem[name]:.0f} | {mem[name] / mem['gradient pass']:.2f}" if mem else "- | -"
+        print(f"| {name} | {med[name]:.2f} | {med[name] / grad:.2f}{note} | {m} |")
+    egb = med["LRP pass, EpsilonGammaBox"]
+    checks = [("recommended pass / gradient pass", rec / grad, "<= 1.3", rec / grad <= 1.3),
+              ("EpsilonGammaBox pass / gradient pass", egb / grad, "<= 2.5", egb / grad <= 2.5),
+              ("Eq. 2 / recommended pass", med["Eq. 2 region_relevance"] / rec, "<= 1.8",
+               med["Eq. 2 region_relevance"] / rec <= 1.8)]
+    if "zennit EpsilonGammaBox + BN merge" in med:
+        r = med["zennit EpsilonGammaBox + BN merge"] / egb
+        checks.append(("zennit / our EpsilonGammaBox pass", r, ">= 2", r >= 2))
+    if mem:
+        for name in PRESET_ROWS:
+            r = mem[name] / mem["gradient pass"]
+            checks.append((f"peak memory {name} / gradient pass", r, "<= 1.5", r <= 1.5))
+    print("# ratios (target, met)")
+    for label, value, target, ok in checks:
+        print(f"{label}: {value:.2f} (target {target}: {'met' if ok else 'NOT met'})")
 
 
 if __name__ == "__main__":
