@@ -272,7 +272,7 @@ def test_a_single_clicked_voxel_survives_the_coarser_grid():
 def _cli(*args, cwd):
     env = {**os.environ, "PYTHONPATH": ROOT}
     return subprocess.run([sys.executable, "-m", "LiverTumorLRPLib", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 @pytest.fixture(scope="module")

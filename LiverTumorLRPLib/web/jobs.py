@@ -1,4 +1,4 @@
-"""The page's long work, in one place: a :class:`slicer_logic.Task` run as a background :class:`slicer_logic.Job`.
+"""The page's long work, in one place: a :class:`slicer_logic.Task` run as a :class:`BackgroundJob`.
 
 The task is prepared on the server's thread (reading the input nodes), computed in a worker thread (torch, no
 MRML), and its result applied to MRML back on the server's thread when the event loop polls the job, so the
@@ -8,9 +8,70 @@ changing :meth:`JobRunner.start` only.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any, Callable, Optional
 
-from ..slicer_logic import Job, Task
+from ..progress import Cancelled, Progress
+from ..slicer_logic import Task
+
+
+class BackgroundJob:
+    """A :class:`Task` computed in a thread (the web server is plain Python, not Slicer's PythonQt, so a thread
+    runs freely here) and applied to MRML by :meth:`poll` on the caller's thread."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.state = "running"          # running | done | failed | cancelled
+        self.fraction, self.message = 0.0, ""
+        self.result = self.error = None
+        self._cancelled, self._outcome, self._raw = False, None, None
+        self._log, self._lock = list(task.messages), threading.Lock()
+        self._thread = threading.Thread(target=self._compute, name=f"liver-lrp {task.name}", daemon=True)
+        self._thread.start()
+
+    def _report(self, fraction: float, message: str) -> None:
+        with self._lock:
+            self.fraction = float(fraction)
+            if message and message != self.message:
+                self._log.append(message)
+            self.message = message or self.message
+
+    def _compute(self) -> None:
+        try:
+            self._raw = self.task.compute(Progress(self._report, lambda: self._cancelled))
+            self._outcome = "done"
+        except Cancelled:
+            self._outcome = "cancelled"
+        except Exception as exc:  # reported by poll()
+            self.error, self._outcome = exc, "failed"
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Stop at the next progress report; nothing is applied."""
+        self._cancelled = True
+
+    def take_messages(self) -> list:
+        with self._lock:
+            out, self._log = self._log, []
+        return out
+
+    def poll(self) -> bool:
+        """True once finished; applies the result (on the calling thread) when it computed successfully."""
+        if self._thread.is_alive() or self.state != "running":
+            return self.state != "running"
+        if self._outcome == "done" and not self._cancelled:
+            try:
+                self.result = self.task.apply(self._raw)
+                self.state = "done"
+                self._report(1.0, f"{self.task.name}: done")
+            except Exception as exc:
+                self.error, self.state = exc, "failed"
+        else:
+            self.state = "cancelled" if self._cancelled or self._outcome == "cancelled" else "failed"
+        return True
 
 
 class JobRunner:
@@ -22,7 +83,7 @@ class JobRunner:
 
     def __init__(self, state, interval: float = 0.15):
         self.state, self.interval = state, interval
-        self.job: Optional[Job] = None
+        self.job: Optional[BackgroundJob] = None
         self._watcher: Optional[asyncio.Task] = None
 
     @property
@@ -37,7 +98,7 @@ class JobRunner:
         if self.busy:
             raise ValueError(f"{self.job.task.name} is still running; wait for it or press Cancel")
         task = make_task()
-        self.job = Job(task).start()
+        self.job = BackgroundJob(task)
         self.state.update({"busy": True, "job_name": name, "progress": 0, "error": ""})
         self.log(f"{name}: started")
         self._watcher = asyncio.get_event_loop().create_task(self._watch(self.job, name, on_done))
@@ -47,15 +108,13 @@ class JobRunner:
             self.job.cancel()
             self.log(f"{self.job.task.name}: cancelling")
 
-    async def _watch(self, job: Job, name: str, on_done) -> None:
+    async def _watch(self, job: BackgroundJob, name: str, on_done) -> None:
         while True:
             await asyncio.sleep(self.interval)
             # Cancel takes effect in the page at once: the job is dropped unapplied (its thread stops at its next
             # progress report, or finishes unseen), so Cancel always means no result and the page is free again
-            cancelled = job.state == "cancelled" or job.cancelled
-            finished = cancelled or job.state != "running"
-            if finished and not cancelled:
-                job.poll()                  # applies the result to MRML here, on the server's thread
+            cancelled = job.cancelled
+            finished = cancelled or job.poll()  # poll applies the result to MRML here, on the server's thread
             with self.state:
                 for line in job.take_messages():
                     self.log(line if line.startswith(job.task.name) else f"{name}: {line}")
