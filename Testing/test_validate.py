@@ -166,7 +166,7 @@ def test_validate_command_tiny(tmp_path, capsys):
 
     out = tmp_path / "val"
     assert main(["validate", "--out", str(out), "--cases", "1", "--detail-cases", "1", "--crop", "16", "32", "32",
-                 "--presets", "recommended", "--device", "cpu"]) == 0
+                 "--presets", "recommended", "--baseline-methods", "gradient-x-input", "--device", "cpu"]) == 0
     res = json.loads((out / "validation.json").read_text())
     assert len(res["cases"]) == 1 and set(res["per_preset"]) == {"recommended"}
     row = res["per_preset"]["recommended"]
