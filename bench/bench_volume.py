@@ -56,9 +56,11 @@ def main():
     print(f"{'command':36s} {'wall s':>8s} {'peak GiB':>9s}")
     for name, wall, rss, _ in rows:
         print(f"{name:36s} {wall:8.1f} {rss:9.2f}")
-    shares = [json.load(open(os.path.join(r[3], "sequence_relevance.json")))["relevance"] for r in rows[1:]]
-    diff = max(abs(x - y) for x, y in zip(*shares))
-    print(f"largest share difference, sliding windows vs one window: {diff:.4f}")
+    summaries = [json.load(open(os.path.join(r[3], "sequence_relevance.json"))) for r in rows[1:]]
+    for key, what in (("relevance", "one draw of B"), ("relevance_expected", "exact expectation over B")):
+        if all(s.get(key) for s in summaries):
+            diff = max(abs(x - y) for x, y in zip(*(s[key] for s in summaries)))
+            print(f"largest share difference, sliding windows vs one window ({what}): {diff:.4f}")
     print(f"command: .venv/bin/python bench/bench_volume.py --threads {a.threads}")
 
 
