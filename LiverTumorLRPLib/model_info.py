@@ -114,13 +114,7 @@ def _monai_strides(model) -> Optional[tuple]:
     name = type(model).__name__
     if name == "BasicUNet":
         return (16, 16, 16)
-    if name == "UNet" and hasattr(model, "strides"):
-        total = [1, 1, 1]
-        for s in model.strides:
-            s = _triple(s, "strides")
-            total = [a * b for a, b in zip(total, s)]
-        return tuple(total)
-    if name == "DynUNet" and hasattr(model, "strides"):
+    if name in ("UNet", "DynUNet") and hasattr(model, "strides"):
         total = [1, 1, 1]
         for s in model.strides:
             s = _triple(s, "strides")

@@ -398,7 +398,9 @@ def test_checkpoint_that_runs_code_is_refused(nnunet_models, tmp_path):
     folder = _copy_folder(nnunet_models["folders"]["liver"], tmp_path / "evil")
     marker = tmp_path / "marker.txt"
     ckpt = folder / "fold_0" / "checkpoint_final.pth"
-    good = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own test file
+    from LiverTumorLRPLib.nnunet import read_checkpoint
+
+    good = read_checkpoint(ckpt)  # safe: weights_only with the numpy allow-list
     torch.save({**good, "logging": _RunsCode(str(marker))}, ckpt)
     with pytest.raises(ValueError) as exc:
         load_nnunet(folder)
