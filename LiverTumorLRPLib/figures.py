@@ -81,8 +81,10 @@ def bar_chart(shares: Sequence[float], path: str, title: str = "Sequence relevan
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("normalised relevance")
     ax.set_title(title)
-    for xi, v in zip(x, shares):
-        ax.annotate(f"{v:.2f}", (xi, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=8)
+    tops = shares if interval is None else np.maximum(shares, interval[1])  # above the error bar
+    for xi, v, top in zip(x, shares, tops):
+        ax.annotate(f"{v:.2f}", (xi, top if v >= 0 else v), ha="center", va="bottom" if v >= 0 else "top",
+                    fontsize=8)
     return save_figure(fig, path)
 
 
