@@ -23,9 +23,27 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_lrp import peak_memory  # noqa: E402
+
+def peak_memory(fn, device) -> float:
+    """Peak memory (MiB) allocated by torch while ``fn`` runs: CUDA's counter, or the CPU profiler's
+    allocation events summed in time order."""
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
 from LiverTumorLRPLib import explain  # noqa: E402
 from LiverTumorLRPLib.lrp import LRP  # noqa: E402
 from LiverTumorLRPLib.model_info import ModelInfo  # noqa: E402
