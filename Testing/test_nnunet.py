@@ -407,7 +407,14 @@ def test_checkpoint_that_runs_code_is_refused(nnunet_models, tmp_path):
     msg = str(exc.value)
     assert "\n" not in msg and str(ckpt) in msg and "refused" in msg
     assert not marker.exists()
-    torch.load(ckpt, weights_only=False)  # the same file does run code when fully unpickled
+    # the payload is real: the checkpoint's pickle names io.open (builtin open), and unpickling the object runs it
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(ckpt) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert b"io\nopen" in data
+    pickle.loads(pickle.dumps(_RunsCode(str(marker))))
     assert marker.exists()
 
 
