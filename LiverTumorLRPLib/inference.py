@@ -170,10 +170,6 @@ def plan_for(model, shape, patch_size=None, overlap: Optional[float] = None) -> 
     return plan_patches(shape, info.strides, patch, step, info.padding, info.pad_to_patch and patch is not None)
 
 
-def crop(volume, shape):
-    return volume[(Ellipsis,) + tuple(slice(0, s) for s in shape)]
-
-
 def check_image(image: np.ndarray, channels: int = 6) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 4 or image.shape[0] != channels:
@@ -221,5 +217,5 @@ def predict(model, image: np.ndarray, device="auto", patch_size=None, overlap: O
     return probabilities(logits)[model_info(model).lesion_index].astype(np.float32)
 
 
-__all__ = ["PatchPlan", "Window", "plan_patches", "plan_for", "predict", "predict_logits", "probabilities", "crop",
+__all__ = ["PatchPlan", "Window", "plan_patches", "plan_for", "predict", "predict_logits", "probabilities",
            "resolve_device", "model_divisor", "gaussian_weight", "nnunet_steps"]

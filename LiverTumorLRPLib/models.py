@@ -19,7 +19,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .model_info import ModelInfo, model_info
