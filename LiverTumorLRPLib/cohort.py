@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from .case_io import find_cases, read_case, write_json, write_text
+from .commands import add_model_options, model_spec
 from .presets import PRESETS
 from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
 
@@ -40,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("root", help="folder whose sub-folders are cases")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default="bundled")
+    add_model_options(p)
     p.add_argument("--preset", default="recommended", choices=list(PRESETS))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--workers", type=int, default=None,
@@ -115,15 +117,19 @@ def cached_model(spec):
     """The model ``spec`` loaded once per process and thread (a Dask worker keeps it across its cases)."""
     from .models import load_model
 
+    options = {}
+    if isinstance(spec, dict):
+        options = {k: v for k, v in spec.items() if k != "path"}
+        spec = spec.get("path", "bundled")
     if not isinstance(spec, (str, os.PathLike)):
         return load_model(spec, device="cpu")
     try:
-        key = (os.fspath(spec), os.stat(spec).st_mtime_ns)
+        key = (os.fspath(spec), os.stat(spec).st_mtime_ns, repr(sorted(options.items())))
     except OSError:
-        key = (os.fspath(spec), None)
+        key = (os.fspath(spec), None, repr(sorted(options.items())))
     cache = _LOADED.__dict__.setdefault("models", {})
     if key not in cache:
-        cache[key] = load_model(spec, device="cpu")
+        cache[key] = load_model({"path": spec, **options}, device="cpu")
     return cache[key]
 
 
@@ -198,6 +204,8 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
                          "T2, T1_plain, T1_20s, T1_60s, T1_120s, T1_15min, or DICOM folders so named, or a case.json)")
     if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
         model = os.path.abspath(model)
+    elif isinstance(model, dict) and os.path.exists(model.get("path", "")):
+        model = {**model, "path": os.path.abspath(model["path"])}
     cached_model(model)  # fail early on a bad model, before any case
     os.makedirs(out, exist_ok=True)
     results, failures, todo = {}, {}, []
@@ -433,7 +441,7 @@ def run(args) -> int:
             tqdm.write(f"case {name} failed: {error}")
 
     try:
-        res = run_cohort(args.root, args.out, args.model, args.preset, args.device, args.workers, args.seed,
+        res = run_cohort(args.root, args.out, model_spec(args), args.preset, args.device, args.workers, args.seed,
                          args.background, args.max_voxels, tuple(args.patch) if args.patch else None,
                          args.max_components, args.memory_per_case, progress, args.scheduler)
     finally:

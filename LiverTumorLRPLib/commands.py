@@ -34,11 +34,28 @@ def _common(p: argparse.ArgumentParser, case: bool = True):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default="bundled",
                    help="'bundled', a .safetensors file with its .json config, or an nnU-Net v2 trained-model folder")
+    add_model_options(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                    help="sliding-window patch size on the network grid (default: the model's patch; "
                         "0 0 0: the whole volume in one window)")
     p.add_argument("--register", action="store_true", help="register every sequence to T1 15 min first")
+
+
+def add_model_options(p: argparse.ArgumentParser):
+    """``--folds`` and ``--mirror``: how an nnU-Net model folder predicts (as nnUNetv2_predict's -f and TTA)."""
+    p.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
+                   help="nnU-Net folder: the folds to ensemble (e.g. 0 1 2 3 4, or all; default: fold_0)")
+    p.add_argument("--mirror", action="store_true",
+                   help="nnU-Net folder: test-time mirroring over the checkpoint's axes (explained as averaged)")
+
+
+def model_spec(args):
+    """The ``--model`` argument with ``--folds``/``--mirror`` as :func:`.models.load_model` takes it."""
+    if args.folds is None and not args.mirror:
+        return args.model
+    folds = None if args.folds is None else [int(f) if f.isdigit() else f for f in args.folds]
+    return {"path": args.model, "folds": folds, "mirror": bool(args.mirror)}
 
 
 def _preset(p):
@@ -97,7 +114,7 @@ def run(args) -> int:
     if args.command == "demo":
         return run_demo(args)
     with progress_bar(args.command) as bar:
-        net = load_model(args.model)
+        net = load_model(model_spec(args))
         case = _read(args, net)
         if args.command == "segment":
             info = pipeline.segment_case(case, args.out, net, args.device, bar, patch_size=patch)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .device import run_with_cpu_fallback
-from .inference import plan_for
+from .inference import flip, plan_for
 from .lrp import LRP, as_lrp
 from .model_info import model_info
 from .presets import DEFAULT_PRESET
@@ -120,52 +120,60 @@ class _Engine:
         self.bounds = bounds
         self._graph = None
 
-    def _box(self, win):
-        """The unpadded voxels a window reads (on the device) and the gather that builds its input."""
+    def _box(self, win, dims=()):
+        """The unpadded voxels a window reads (on the device) and the gather that builds its input,
+        mirrored along ``dims`` (test-time mirroring; the output is flipped back by the caller)."""
         box = self.x[(slice(None),) + win.box][None].to(self.device)
-        return box, lambda t: self.plan.window_input(t[0], win)[None]
+        return box, lambda t: flip(self.plan.window_input(t[0], win)[None], dims)
 
     def sums(self):
-        """Blended output ``y`` and per-voxel relevance sums ``S`` (K, D, H, W), both on the original grid."""
+        """Blended output ``y`` and per-voxel relevance sums ``S`` (K, D, H, W), both on the original grid.
+
+        Test-time mirrors are averaged inside every window: ``y = mean_m flip_m(f(flip_m(x)))``, and so are
+        the sums (LRP is linear in the seeded relevance: flip, explain, flip back, average)."""
         y_all = S_all = None
+        mirrors = self.info.mirrors
         n = len(self.plan.windows)
+        keep = self.plan.single and len(mirrors) == 1
         for i, win in enumerate(self.plan.windows):
             self.progress(i / n, f"relevance sums, patch {i + 1}/{n}")
-            keep = self.plan.single
-            box, expand = self._box(win)
-            y, S, s = self.lrp.forward_with_sums(box, self.bounds, keep_graph=keep, expand=expand)
-            if keep:
-                self._graph = (y, s)
-            w = torch.from_numpy(self.plan.normalised_weight(win)).to(self.dtype)
-            if y_all is None:
-                y_all = torch.zeros((y.shape[1],) + self.plan.padded, dtype=self.dtype)
-                S_all = torch.zeros_like(y_all)
-            y_all[(slice(None),) + win.padded] += y.detach()[0].cpu() * w
-            S_all[(slice(None),) + win.padded] += S[0].cpu() * w
+            w = torch.from_numpy(self.plan.normalised_weight(win)).to(self.dtype) / len(mirrors)
+            for dims in mirrors:
+                box, expand = self._box(win, dims)
+                y, S, s = self.lrp.forward_with_sums(box, self.bounds, keep_graph=keep, expand=expand)
+                if keep:
+                    self._graph = (y, s)
+                if y_all is None:
+                    y_all = torch.zeros((y.shape[1],) + self.plan.padded, dtype=self.dtype)
+                    S_all = torch.zeros_like(y_all)
+                y_all[(slice(None),) + win.padded] += flip(y.detach(), dims)[0].cpu() * w
+                S_all[(slice(None),) + win.padded] += flip(S, dims)[0].cpu() * w
         return self.plan.crop(y_all), self.plan.crop(S_all)
 
     def backward(self, out_weights):
         """Input relevance (C, D, H, W) of output relevance ``out_weights * y`` (both on the original grid).
 
-        ``out_weights``: one (K, D, H, W) tensor, or a list of them: one forward per window then, shared by
-        one backward pass per weighting (the graph is kept between them)."""
+        ``out_weights``: one (K, D, H, W) tensor, or a list of them: one forward per window (and mirror)
+        then, shared by one backward pass per weighting (the graph is kept between them)."""
         many = isinstance(out_weights, (list, tuple))
         sets = [self.plan.uncrop(torch.as_tensor(w).to(self.dtype)) for w in (out_weights if many else [out_weights])]
         maps = [torch.zeros_like(self.x) for _ in sets]
+        mirrors = self.info.mirrors
         todo = [win for win in self.plan.windows if any(bool(w[(slice(None),) + win.padded].any()) for w in sets)]
         for i, win in enumerate(todo):
             self.progress(i / max(len(todo), 1), f"relevance, patch {i + 1}/{len(todo)}")
-            blend = torch.from_numpy(self.plan.normalised_weight(win)).to(self.dtype)
+            blend = torch.from_numpy(self.plan.normalised_weight(win)).to(self.dtype) / len(mirrors)
             used = [k for k, w in enumerate(sets) if bool(w[(slice(None),) + win.padded].any())]
-            if self._graph is not None:
-                (y, s), self._graph = self._graph, None
-            else:
-                box, expand = self._box(win)
-                y, s = self.lrp.forward(box, self.bounds, expand=expand)
-            for j, k in enumerate(used):
-                g = (sets[k][(slice(None),) + win.padded] * blend)[None].to(y)
-                (m,) = torch.autograd.grad(y, s, g, retain_graph=j < len(used) - 1)
-                maps[k][(slice(None),) + win.box] += m[0].cpu()
+            for dims in mirrors:
+                if self._graph is not None:
+                    (y, s), self._graph = self._graph, None
+                else:
+                    box, expand = self._box(win, dims)
+                    y, s = self.lrp.forward(box, self.bounds, expand=expand)
+                for j, k in enumerate(used):
+                    g = flip((sets[k][(slice(None),) + win.padded] * blend)[None], dims).to(y)
+                    (m,) = torch.autograd.grad(y, s, g, retain_graph=j < len(used) - 1)
+                    maps[k][(slice(None),) + win.box] += m[0].cpu()
         return maps if many else maps[0]
 
 

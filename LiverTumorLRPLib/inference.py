@@ -81,6 +81,11 @@ class PatchPlan:
         return out
 
 
+def flip(t: torch.Tensor, dims: tuple) -> torch.Tensor:
+    """``t`` mirrored along ``dims`` (its own inverse and adjoint); no copy for no dims."""
+    return torch.flip(t, dims) if dims else t
+
+
 def model_divisor(model) -> tuple:
     """Per-axis strides (z, y, x) of a network: every input size must be a multiple of them."""
     return model_info(model).strides
@@ -122,13 +127,32 @@ def _axis_source(start: int, length: int, offset: int, n: int, padding: str):
     return slice(lo, hi), torch.from_numpy(clamped - lo), inside
 
 
+def grow_to_budget(patch, fitted) -> tuple:
+    """The window shape for a volume of (stride-padded) shape ``fitted`` when the patch sets a voxel budget.
+
+    The patch is first shrunk to the volume along axes where the volume is shorter; the voxels saved let
+    the window cover whole axes where the volume is longer, one axis at a time (the one giving the smallest
+    window first), as long as the window holds no more voxels than the patch.  An axis is only ever grown
+    to its full extent, so the window has no seams along it; peak memory stays that of one patch.
+    """
+    budget = math.prod(patch)
+    window = [min(p, f) for p, f in zip(patch, fitted)]
+    while True:
+        options = [window[:a] + [fitted[a]] + window[a + 1:] for a in range(3) if window[a] < fitted[a]]
+        options = [o for o in options if math.prod(o) <= budget]
+        if not options:
+            return tuple(window)
+        window = min(options, key=math.prod)
+
+
 def plan_patches(shape, strides=8, patch_size=None, overlap: float = 0.5, padding: str = "edge",
-                 pad_to_patch: bool = False, blend: str = "gaussian") -> PatchPlan:
+                 pad_to_patch: bool = False, blend: str = "gaussian", budget: bool = False) -> PatchPlan:
     """Windows covering ``shape`` (D, H, W).
 
     ``strides``: per axis (or one number); ``patch_size`` None: one window of the volume padded to the
     strides; else windows of the patch (shrunk to the padded volume along axes where it is smaller,
     unless ``pad_to_patch``, as nnU-Net) at nnU-Net's steps with step ``patch * (1 - overlap)``.
+    ``budget``: the patch is a voxel budget rather than a shape (:func:`grow_to_budget`).
     """
     shape = tuple(int(s) for s in shape)
     strides = tuple(int(s) for s in (strides if not isinstance(strides, int) else (strides,) * 3))
@@ -141,7 +165,9 @@ def plan_patches(shape, strides=8, patch_size=None, overlap: float = 0.5, paddin
         patch = tuple(int(p) for p in patch_size)
         if len(patch) != 3 or any(p % k for p, k in zip(patch, strides)):
             raise ValueError(f"patch size {patch} must be a multiple of the model's strides {strides} per axis")
-        if not pad_to_patch:
+        if budget and not pad_to_patch:
+            patch = grow_to_budget(patch, fitted)
+        elif not pad_to_patch:
             patch = tuple(min(p, f) for p, f in zip(patch, fitted))
     padded = tuple(max(s, p) for s, p in zip(shape, patch))
     offset = tuple((p - s) // 2 for p, s in zip(padded, shape))
@@ -163,11 +189,17 @@ def plan_patches(shape, strides=8, patch_size=None, overlap: float = 0.5, paddin
 
 def plan_for(model, shape, patch_size=None, overlap: Optional[float] = None) -> PatchPlan:
     """The plan a model's :class:`ModelInfo` asks for; ``patch_size`` overrides the model's patch
-    (``"whole"``: the whole volume in one window)."""
+    (``"whole"``: the whole volume in one window).
+
+    The model's own patch is a voxel budget (:func:`grow_to_budget`: fewer seams, the same peak memory),
+    except for models that pad to their patch (nnU-Net), which run exactly on it; a ``patch_size`` given
+    here is used as it is.
+    """
     info = model if isinstance(model, ModelInfo) else model_info(model)
     patch = info.patch_size if patch_size is None else (None if patch_size == "whole" else patch_size)
     step = 1.0 - info.tile_step if overlap is None else overlap
-    return plan_patches(shape, info.strides, patch, step, info.padding, info.pad_to_patch and patch is not None)
+    return plan_patches(shape, info.strides, patch, step, info.padding, info.pad_to_patch and patch is not None,
+                        budget=patch_size is None)
 
 
 def check_image(image: np.ndarray, channels: int = 6) -> np.ndarray:
@@ -182,7 +214,8 @@ def check_image(image: np.ndarray, channels: int = 6) -> np.ndarray:
 @torch.no_grad()
 def predict_logits(model, image: np.ndarray, device="auto", patch_size=None, overlap: Optional[float] = None,
                    progress=None, cancel=None) -> np.ndarray:
-    """Blended class logits (K, D, H, W) of a normalised (C, D, H, W) stack on the network grid."""
+    """Blended class logits (K, D, H, W) of a normalised (C, D, H, W) stack on the network grid, averaged
+    over the model's test-time mirrors (``ModelInfo.mirrors``) in every window."""
     info = model_info(model)
     image = check_image(image, info.n_channels)
     prog = as_progress(progress, cancel)
@@ -192,10 +225,12 @@ def predict_logits(model, image: np.ndarray, device="auto", patch_size=None, ove
         plan = plan_for(info, image.shape[1:], patch_size, overlap)
         p = next(net.parameters(), None)
         x = torch.from_numpy(np.ascontiguousarray(image)).to(p.dtype if p is not None else torch.float32)
-        out = None
+        out, mirrors = None, info.mirrors
         for i, win in enumerate(plan.windows):
             prog(i / len(plan.windows), f"segmenting patch {i + 1}/{len(plan.windows)}")
-            y = net(plan.window_input(x, win)[None].to(dev))[0].float().cpu().numpy()
+            xw = plan.window_input(x, win)[None].to(dev)
+            y = sum(flip(net(flip(xw, dims)), dims) for dims in mirrors) / len(mirrors)
+            y = y[0].float().cpu().numpy()
             if out is None:
                 out = np.zeros((y.shape[0],) + plan.padded, dtype=np.float32)
             out[(slice(None),) + win.padded] += y * plan.normalised_weight(win)

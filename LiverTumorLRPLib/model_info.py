@@ -27,7 +27,9 @@ class ModelInfo:
     whole volume in one window); ``spacing``: (z, y, x) mm the model was trained at (None: run on the
     case grid as it is); ``padding``: how a volume is padded to the strides (``edge`` copies border
     voxels, ``zero`` pads with 0 as nnU-Net); ``pad_to_patch``: pad volumes smaller than the patch up to
-    it (nnU-Net); ``tile_step``: window step as a fraction of the patch.
+    it (nnU-Net); ``tile_step``: window step as a fraction of the patch; ``mirror_axes``: spatial axes
+    (0 = z, 1 = y, 2 = x of the network grid) of test-time mirroring -- the prediction is the mean over
+    every subset of them of ``flip(f(flip(x)))``, as nnU-Net's ``use_mirroring`` (empty: none).
     """
 
     channels: tuple = SEQUENCE_KEYS
@@ -39,6 +41,7 @@ class ModelInfo:
     padding: str = "edge"
     pad_to_patch: bool = False
     tile_step: float = 0.5
+    mirror_axes: tuple = ()
     normalisation: str = "zscore-foreground"
     source: str = ""
     notes: dict = field(default_factory=dict, compare=False, hash=False)
@@ -63,6 +66,19 @@ class ModelInfo:
             raise ValueError(f"a segmentation model needs at least two classes, got {self.classes}")
         if not 0 < self.tile_step <= 1:
             raise ValueError("tile_step must be in (0, 1]")
+        axes = tuple(sorted({int(a) for a in self.mirror_axes}))
+        if any(a not in (0, 1, 2) for a in axes):
+            raise ValueError(f"mirror_axes must be spatial axes 0, 1, 2 (z, y, x), got {self.mirror_axes}")
+        object.__setattr__(self, "mirror_axes", axes)
+
+    @property
+    def mirrors(self) -> tuple:
+        """The flips of test-time mirroring as tensor dims of a (N, C, D, H, W) batch, the identity first:
+        every subset of ``mirror_axes`` (nnU-Net's ``_internal_maybe_mirror_and_predict``)."""
+        import itertools
+
+        dims = [a + 2 for a in self.mirror_axes]
+        return tuple(c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r))
 
     @property
     def n_channels(self) -> int:

@@ -196,21 +196,31 @@ def load_weights(model: nn.Module, weights: Path, what: str) -> nn.Module:
     return model
 
 
-def load_model(spec="bundled", device="cpu") -> nn.Module:
+def load_model(spec="bundled", device="cpu", folds=None, mirror: bool = False) -> nn.Module:
     """A model in eval mode carrying its ``model_info``: ``"bundled"``, a ``.safetensors`` (or its ``.json``)
-    path, an nnU-Net v2 trained-model folder, or an ``nn.Module``."""
+    path, an nnU-Net v2 trained-model folder, or an ``nn.Module``.
+
+    nnU-Net folders only: ``folds`` (a list: their ensemble) and ``mirror`` (test-time mirroring), see
+    :func:`.nnunet.load_nnunet`.  ``spec`` may also be a dict ``{"path", "folds", "mirror"}`` (what the CLI
+    hands to cohort workers)."""
+    if isinstance(spec, dict):
+        return load_model(spec.get("path", "bundled"), device, spec.get("folds"), bool(spec.get("mirror")))
     if isinstance(spec, nn.Module):
         return spec.to(device).eval()
+    nnunet_folder = spec not in (None, "bundled") and Path(spec).is_dir()
+    if (folds is not None or mirror) and not nnunet_folder:
+        raise ModelFileError(f"{spec or 'bundled'}: folds and test-time mirroring are options of nnU-Net model "
+                             "folders; this model has neither")
     if spec in (None, "bundled"):
         weights, config_path = _model_paths(bundled_model_path())
     else:
-        if Path(spec).is_dir():
+        if nnunet_folder:
             try:
                 from .nnunet import load_nnunet
             except ImportError as exc:
                 raise ModelFileError(f"{spec}: a model folder is read as an nnU-Net v2 trained model, which "
                                      f"needs nnunetv2 (pip install -e \".[nnunet]\"): {exc}") from None
-            return load_nnunet(spec, device=device)
+            return load_nnunet(spec, fold=None if folds is None else list(folds), device=device, mirror=mirror)
         weights, config_path = _model_paths(spec)
     if not weights.exists():
         hint = " (the bundled model is trained with `liver-lrp train`)" if spec in (None, "bundled") else ""

@@ -9,8 +9,12 @@ library explains like any other network (:func:`load_nnunet`).  Optional depende
   allowed (a context manager, never a global change); nnU-Net's own loaders unpickle fully and are never
   called.  The network class and the layer types named in ``plans.json`` must be on allow-lists
   (:data:`NETWORK_CLASSES`, :data:`LAYER_TYPES`); nothing named in a file is imported.
-* One fold: ``fold=None`` takes ``fold_0`` (or the only fold), an int or ``"all"`` another; folds are not
-  ensembled.  Test-time mirroring is not applied (the explanation is of the un-mirrored prediction).
+* Folds: ``fold=None`` takes ``fold_0`` (or the only fold), an int or ``"all"`` another, a list of them
+  (CLI ``--folds 0 1 2 3 4``) their ensemble: :class:`FoldEnsemble`, the mean of the folds' logits, as
+  nnU-Net's predictor; LRP explains that mean (each fold's explanation weighted by its share of the logit).
+* Test-time mirroring (``mirror=True``, CLI ``--mirror``): over the checkpoint's
+  ``inference_allowed_mirroring_axes``, as nnU-Net's ``use_mirroring`` (:attr:`.ModelInfo.mirror_axes`);
+  the explanation is of the averaged prediction (flip, explain, flip back, average).  Off by default.
 * Supported: 3D configurations (``3d_fullres``, ``3d_lowres``) of PlainConvUNet, ResidualEncoderUNet
   (ResEnc presets) and ResidualUNet with the DefaultPreprocessor; not supported (a one-line error): 2D
   configurations, the cascade (``3d_cascade_fullres``), region-based labels.
@@ -85,11 +89,23 @@ def is_nnunet_folder(path) -> bool:
     return (p / "plans.json").is_file() and (p / "dataset.json").is_file() and bool(_fold_dirs(p))
 
 
-def _locate(path, fold) -> tuple[Path, Path]:
-    """(model folder, fold folder)."""
+def _locate(path, fold) -> tuple[Path, list]:
+    """(model folder, [fold folders]); ``fold`` a list or tuple: several folds."""
     p = Path(path)
     if not p.is_dir():
         raise ValueError(f"{p}: not a folder; expected an nnU-Net trained-model folder")
+    if isinstance(fold, (list, tuple)):
+        if not fold:
+            raise ValueError(f"{p}: an empty list of folds")
+        if p.name.startswith("fold_"):
+            p = p.parent
+        located = [_locate_one(p, f) for f in dict.fromkeys(fold)]
+        return p, [f for _, f in located]
+    model_dir, fold_dir = _locate_one(p, fold)
+    return model_dir, [fold_dir]
+
+
+def _locate_one(p: Path, fold) -> tuple[Path, Path]:
     if p.name.startswith("fold_") and fold is None:
         return p.parent, p
     folds = _fold_dirs(p)
@@ -105,7 +121,7 @@ def _locate(path, fold) -> tuple[Path, Path]:
     if len(folds) == 1:
         return p, folds[0]
     raise ValueError(f"{p}: several folds ({', '.join(d.name for d in folds)}) and no fold_0; choose one "
-                     "with fold=N (folds are not ensembled)")
+                     "with fold=N, or several (an ensemble) with a list")
 
 
 def _safe_globals() -> list:
@@ -203,22 +219,29 @@ def _strides(configuration_manager) -> tuple:
     return tuple(total)
 
 
-def load_nnunet(path, fold: Union[None, int, str] = None, checkpoint: str = CHECKPOINT, device="cpu") -> nn.Module:
+def load_nnunet(path, fold: Union[None, int, str, list, tuple] = None, checkpoint: str = CHECKPOINT, device="cpu",
+                mirror: bool = False) -> nn.Module:
     """The network of an nnU-Net v2 trained-model folder (or fold folder) in eval mode.
 
+    ``fold``: None (``fold_0`` or the only fold), an int or ``"all"``, or a list of them: their
+    :class:`FoldEnsemble`.  ``mirror``: test-time mirroring over the checkpoint's allowed axes.
     It carries ``model_info`` (:class:`ModelInfo` from plans.json and dataset.json), ``nnunet`` (the plans,
     configuration and dataset.json) and ``grid_map_for(case)`` -> :class:`NnUNetGridMap`.
     """
     _nnunet()
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    model_dir, fold_dir = _locate(path, fold)
+    model_dir, fold_dirs = _locate(path, fold)
     plans_file, dataset_file = model_dir / "plans.json", model_dir / "dataset.json"
     plans, dataset_json = _read_json(plans_file), _read_json(dataset_file)
     classes, channels = _classes(dataset_json, dataset_file), _channels(dataset_json, dataset_file)
-    ckpt_file = fold_dir / checkpoint
-    ckpt = read_checkpoint(ckpt_file)
-    config = (ckpt.get("init_args") or {}).get("configuration") or model_dir.name.rsplit("__", 1)[-1]
+    ckpts = {d: read_checkpoint(d / checkpoint) for d in fold_dirs}
+    configs = {d: (c.get("init_args") or {}).get("configuration") or model_dir.name.rsplit("__", 1)[-1]
+               for d, c in ckpts.items()}
+    config = configs[fold_dirs[0]]
+    for d, c in configs.items():
+        if c != config:
+            raise ValueError(f"{d / checkpoint}: configuration {c!r} differs from {fold_dirs[0].name}'s {config!r}")
     try:
         pm = PlansManager(plans)
         if config not in pm.available_configurations:
@@ -234,6 +257,24 @@ def load_nnunet(path, fold: Union[None, int, str] = None, checkpoint: str = CHEC
         raise ValueError(f"{plans_file}: configuration {config!r} is a cascade stage; the cascade is not supported")
     if cm.preprocessor_name != "DefaultPreprocessor":
         raise ValueError(f"{plans_file}: preprocessor {cm.preprocessor_name!r} is not supported")
+    nets = [_fold_network(cm, channels, classes, plans_file, d / checkpoint, ckpts[d]) for d in fold_dirs]
+    net = nets[0] if len(nets) == 1 else FoldEnsemble(nets)
+    allowed = ckpts[fold_dirs[0]].get("inference_allowed_mirroring_axes")
+    lesion = next((c for c in classes if c.lower() == "tumor"), classes[-1])
+    net.model_info = ModelInfo(
+        channels=channels, classes=classes, lesion=lesion, strides=_strides(cm), patch_size=patch,
+        spacing=spacing, padding="zero", pad_to_patch=True, tile_step=0.5,
+        mirror_axes=tuple(allowed or ()) if mirror else (),
+        normalisation=",".join(cm.normalization_schemes), source=", ".join(str(d) for d in fold_dirs),
+        notes={"configuration": config, "transpose_forward": tf, "fold": ", ".join(d.name for d in fold_dirs),
+               "mirror_axes": allowed})
+    net.nnunet = NnUNetPlans(pm, cm, dataset_json)
+    net.grid_map_for = net.nnunet.grid_map_for
+    return net.to(device).eval()
+
+
+def _fold_network(cm, channels, classes, plans_file: Path, ckpt_file: Path, ckpt: dict) -> nn.Module:
+    """One fold's network with its weights; deep-supervision heads other than the full-resolution one removed."""
     net = build_network(cm, len(channels), len(classes), plans_file)
     try:
         net.load_state_dict(ckpt["network_weights"], strict=True)
@@ -244,16 +285,21 @@ def load_nnunet(path, fold: Union[None, int, str] = None, checkpoint: str = CHEC
     if isinstance(heads, nn.ModuleList):  # deep-supervision heads: never run without deep supervision
         for i in range(len(heads) - 1):
             heads[i] = nn.Identity()
-    lesion = next((c for c in classes if c.lower() == "tumor"), classes[-1])
-    net.model_info = ModelInfo(
-        channels=channels, classes=classes, lesion=lesion, strides=_strides(cm), patch_size=patch,
-        spacing=spacing, padding="zero", pad_to_patch=True, tile_step=0.5,
-        normalisation=",".join(cm.normalization_schemes), source=str(fold_dir),
-        notes={"configuration": config, "transpose_forward": tf, "fold": fold_dir.name,
-               "mirror_axes": ckpt.get("inference_allowed_mirroring_axes")})
-    net.nnunet = NnUNetPlans(pm, cm, dataset_json)
-    net.grid_map_for = net.nnunet.grid_map_for
-    return net.to(device).eval()
+    return net
+
+
+class FoldEnsemble(nn.Module):
+    """Several folds as one network: the mean of their logits, as nnU-Net's predictor ensembles folds.
+
+    LRP explains the mean like any sum (the plain gradient at a sum is LRP-0): each fold's explanation
+    counts with its share of the logit."""
+
+    def __init__(self, folds):
+        super().__init__()
+        self.folds = nn.ModuleList(folds)
+
+    def forward(self, x):
+        return sum(f(x) for f in self.folds) / len(self.folds)
 
 
 class NnUNetPlans:
@@ -395,5 +441,5 @@ class NnUNetGridMap(GridMap):
         return out.reshape(lead + self.case_shape)
 
 
-__all__ = ["is_nnunet_folder", "load_nnunet", "read_checkpoint", "build_network", "NnUNetGridMap", "NnUNetPlans",
-           "NETWORK_CLASSES", "LAYER_TYPES"]
+__all__ = ["is_nnunet_folder", "load_nnunet", "FoldEnsemble", "read_checkpoint", "build_network", "NnUNetGridMap",
+           "NnUNetPlans", "NETWORK_CLASSES", "LAYER_TYPES"]

@@ -18,7 +18,7 @@ from torch import nn
 from LiverTumorLRPLib.case_io import case_from_images, write_image
 from LiverTumorLRPLib.explain import region_relevance, region_relevance_loop, relevance, sequence_relevance
 from LiverTumorLRPLib.geometry import SpacingMap
-from LiverTumorLRPLib.inference import plan_for, plan_patches, predict_logits
+from LiverTumorLRPLib.inference import grow_to_budget, plan_for, plan_patches, predict_logits
 from LiverTumorLRPLib.lrp import LRP
 from LiverTumorLRPLib.model_info import ModelInfo, model_info
 from LiverTumorLRPLib.models import build_model, load_model, save_model_file
@@ -114,6 +114,60 @@ def test_sliding_windows_conserve_and_match_the_padded_forward():
     np.testing.assert_allclose(got, plan.crop(expected), rtol=1e-5, atol=1e-5)
     res = region_relevance(net, x, border_region(shape, seed=4), 1, device="cpu", patch_size=(8, 12, 12))
     assert abs(res.maps.sum() - (res.n_voxels - res.n_excluded)) < 1e-4 * res.n_voxels
+
+
+def test_the_models_patch_is_a_voxel_budget():
+    """The model's patch bounds a window's voxels, not its shape: the issue's 72 x 320 x 260 case (54 x 128
+    x 104 on the bundled model's grid) runs in one seamless window, a larger one in windows of the patch."""
+    assert grow_to_budget((48, 128, 128), (56, 128, 104)) == (56, 128, 104)
+    assert grow_to_budget((48, 128, 128), (72, 160, 136)) == (48, 128, 128)
+    assert grow_to_budget((48, 128, 128), (40, 200, 136)) == (40, 128, 136)  # x whole, y still windowed
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        patch = tuple(int(v) for v in rng.integers(1, 9, 3) * 8)
+        fitted = tuple(int(v) for v in rng.integers(1, 17, 3) * 8)
+        w = grow_to_budget(patch, fitted)
+        assert np.prod(w) <= np.prod(patch)
+        assert all(v == min(p, f) or v == f for v, p, f in zip(w, patch, fitted))  # grown only to whole axes
+    info = ModelInfo(strides=(8, 8, 8), patch_size=(48, 128, 128))
+    assert plan_for(info, (54, 128, 104)).single
+    assert len(plan_for(info, (54, 128, 104), patch_size=(48, 128, 128)).windows) == 2  # given: used as is
+    assert plan_for(info.with_(padding="zero", pad_to_patch=True), (54, 128, 104)).patch == (48, 128, 128)
+
+
+def _flipped(a, dims):
+    """A (C, D, H, W) array mirrored along the (N, C, D, H, W) tensor dims of ``ModelInfo.mirrors``."""
+    return np.flip(a, [d - 1 for d in dims]).copy() if dims else a
+
+
+def test_test_time_mirroring_is_flip_explain_flip_back_average():
+    """Mirroring (nnU-Net's TTA): the prediction is the mean over the mirrors of flip(f(flip(x))), and its
+    explanation the mean of the flipped-back explanations; Eq. 2 one-pass still equals the loop."""
+    net = random_unet(seed=9, depth=2, base=4)
+    mirrored = random_unet(seed=9, depth=2, base=4)
+    mirrored.model_info = model_info(net).with_(mirror_axes=(2, 0))
+    mirrors = mirrored.model_info.mirrors
+    assert mirrors == ((), (2,), (4,), (2, 4))
+    shape = (8, 12, 12)  # a multiple of the strides: no padding, so flipping the window is flipping the image
+    x = np.random.default_rng(9).standard_normal((6, *shape))
+    want = np.mean([_flipped(predict_logits(net, _flipped(x, d), device="cpu"), d) for d in mirrors], axis=0)
+    np.testing.assert_allclose(predict_logits(mirrored, x, device="cpu"), want, rtol=1e-6, atol=1e-6)
+    seed = np.zeros((2, *shape))
+    seed[1, 4, 0, 7], seed[0, 1, 9, 2] = 1.0, 0.5
+    for preset in ("recommended", "epsilon-gamma-box"):
+        got = relevance(mirrored, x, seed, preset=preset, device="cpu")
+        want = np.mean([_flipped(relevance(net, _flipped(x, d), _flipped(seed, d), preset=preset, device="cpu"), d)
+                        for d in mirrors], axis=0)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9 * np.abs(want).max())
+    shape = (7, 10, 11)  # and on a size that needs padding, across several windows
+    x = np.random.default_rng(10).standard_normal((6, *shape))
+    region = border_region(shape, seed=2)
+    fast = region_relevance(mirrored, x, region, 1, device="cpu", patch_size=(8, 8, 8))
+    slow = region_relevance_loop(mirrored, x, region, 1, patch_size=(8, 8, 8))
+    np.testing.assert_allclose(fast.maps, slow.maps, rtol=1e-5, atol=1e-6 * np.abs(slow.maps).max())
+    assert abs(fast.maps.sum() - (fast.n_voxels - fast.n_excluded)) < 1e-6 * fast.n_voxels
+    with pytest.raises(ValueError, match="mirror_axes"):
+        ModelInfo(mirror_axes=(3,))
 
 
 def test_zero_padding_to_the_patch_matches_the_zero_padded_forward():

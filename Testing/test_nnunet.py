@@ -256,6 +256,51 @@ def test_matches_nnunet_predictor(nnunet_models, predictors, key):
     assert np.mean(seg == seg_ref) >= 0.99
 
 
+def test_fold_ensemble_and_mirroring_match_nnunet_predictor(nnunet_models, predictors, tmp_path):
+    """--folds 0 1 --mirror: nnU-Net's ensemble of folds with test-time mirroring (its default), and its
+    explanation conserves (Eq. 2 on the averaged prediction)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from LiverTumorLRPLib.inference import predict_logits
+    from LiverTumorLRPLib.models import load_model
+    from LiverTumorLRPLib.nnunet import FoldEnsemble, read_checkpoint
+
+    folder = tmp_path / "model"
+    shutil.copytree(nnunet_models["folders"]["liver"], folder)
+    ckpt = read_checkpoint(folder / "fold_0" / "checkpoint_final.pth")  # a second fold: perturbed weights
+    gen = torch.Generator().manual_seed(0)
+    ckpt["network_weights"] = {k: v + 0.05 * v.std().nan_to_num() * torch.randn(v.shape, generator=gen)
+                               if v.is_floating_point() and v.numel() > 1 else v
+                               for k, v in ckpt["network_weights"].items()}
+    (folder / "fold_1").mkdir()
+    torch.save(ckpt, folder / "fold_1" / "checkpoint_final.pth")
+    net = load_model({"path": str(folder), "folds": [0, 1], "mirror": True})
+    assert isinstance(net, FoldEnsemble) and len(net.folds) == 2
+    assert net.model_info.mirror_axes == tuple(ckpt["inference_allowed_mirroring_axes"])
+    assert len(net.model_info.mirrors) == 2 ** len(net.model_info.mirror_axes) > 1
+    case = nnunet_models["cases"]["liver"]
+    image = net.grid_map_for(case).image_to_network(case.raw)
+    with contextlib.redirect_stdout(io.StringIO()):
+        pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                               device=torch.device("cpu"), allow_tqdm=False)
+        pred.initialize_from_trained_model_folder(str(folder), use_folds=(0, 1))  # our own test file: trusted
+    ref = nnunet_logits(pred, image)
+    _, half_norm = nnunet_sliding_window_float32(predictors["liver"], image)
+    ours = predict_logits(net, image, device="cpu")
+    single = predict_logits(load_nnunet(folder), image, device="cpu")
+    normal = half_norm >= 2.0 ** -14
+    scale = np.abs(ref).max()
+    assert np.linalg.norm((ours - ref)[:, normal]) <= 1e-3 * np.linalg.norm(ref[:, normal])
+    assert np.abs(ours - ref).max(axis=0)[normal].max() < 3e-3 * scale
+    assert np.abs(single - ref).max() > 10 * np.abs(ours - ref).max(axis=0)[normal].max()  # the options matter
+    region = np.zeros(image.shape[1:], bool)
+    region[tuple(s // 2 for s in region.shape)] = region[0, 0, -1] = True
+    res = explain.region_relevance(net, image.astype(np.float64), region, "tumor", device="cpu")
+    assert res.n_excluded == 0 and abs(res.maps.sum() - 2.0) < 1e-6
+    with pytest.raises(Exception, match="folds and test-time mirroring are options of nnU-Net"):
+        load_model({"path": "bundled", "mirror": True})
+
+
 def test_grid_map_masks_probabilities_relevance(nnunet_models, predictors):
     case = nnunet_models["cases"]["liver"]
     net = load_nnunet(nnunet_models["folders"]["liver"])
@@ -468,3 +513,19 @@ def test_cli_analyze_with_an_nnunet_folder(nnunet_models, predictors, tmp_path, 
     assert np.allclose(rel.GetSpacing(), case.reference.GetSpacing(), rtol=1e-6)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz")))
     assert set(np.unique(labels)) <= {0, 1, 2} and result["tumor_voxels"] == int((labels == 2).sum())
+    # --folds / --mirror reach the model: the segmentation is the mirrored prediction's
+    from LiverTumorLRPLib import pipeline
+    from LiverTumorLRPLib.case_io import read_case
+    from LiverTumorLRPLib.models import load_model
+
+    assert main(["segment", str(folder), "--model", nnunet_models["folders"]["liver"], "--folds", "0", "--mirror",
+                 "--out", str(tmp_path / "seg"), "--device", "cpu"]) == 0
+    net = load_model({"path": nnunet_models["folders"]["liver"], "folds": [0], "mirror": True})
+    assert net.model_info.mirror_axes
+    case_files = read_case(str(folder), sequences=net.model_info.channels)
+    want = pipeline.segment_case(case_files, str(tmp_path / "seg2"), net, "cpu")["probability"]
+    plain = pipeline.segment_case(case_files, str(tmp_path / "seg3"), load_model(nnunet_models["folders"]["liver"]),
+                                  "cpu")["probability"]
+    got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg" / "tumor_probability.nii.gz")))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.abs(got - plain).max() > 1e-3
