@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .rules import Rule, make_rule, stabilize
+from .rules import Epsilon, Gamma, Rule, make_rule, stabilize
 
 
 class LRPError(ValueError):
@@ -189,8 +189,7 @@ class _RuleFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, X, R, mask, spec):
-        fast = isinstance(spec.module, nn.Linear) or isinstance(spec.module, TRANSPOSED_TYPES) or (
-            spec.module.padding_mode == "zeros" and not isinstance(spec.module.padding, str))
+        fast = _is_fast(spec.module)
         ctx.spec, ctx.x_shape, ctx.fast = spec, X.shape, fast
         ctx.save_for_backward(R, mask, None if fast else X.detach())
         ctx.save_for_forward(R, mask)
@@ -231,6 +230,112 @@ class _RuleFunction(torch.autograd.Function):
         return t
 
 
+def _is_fast(module: nn.Module) -> bool:
+    """The layer's input derivative is its adjoint operation (no padding modes, no string padding)."""
+    return isinstance(module, (nn.Linear,) + TRANSPOSED_TYPES) or (
+        module.padding_mode == "zeros" and not isinstance(module.padding, str))
+
+
+def _along(v: torch.Tensor, like: torch.Tensor, cdim: int) -> torch.Tensor:
+    """A per-channel vector broadcast along the channel axis ``cdim`` of ``like``."""
+    return v.to(like) if cdim == -1 else _channel_view(v, like)
+
+
+@dataclass
+class _GammaSpec:
+    module: nn.Module
+    weight: torch.Tensor       # W (dense), the layer's own
+    abs_weight: torch.Tensor   # |W|, cached by the layer
+    scale: Optional[torch.Tensor]  # per output channel: a folded InstanceNorm's 1/sigma (times its weight)
+    cdim: int
+    gamma: float
+    z: Optional[torch.Tensor]  # the layer's output, handed to forward and dropped there
+    x_shape: tuple
+
+
+def _gamma_layer(a, a0, module, rule: Gamma, w, abs_w, b, z, scale, cdim):
+    """The generalised gamma rule with two linear operations instead of four.
+
+    With ``P = W+ a+ + W- a-`` and ``N = W- a+ + W+ a-`` (zennit's terms) and ``Z0 = W a``:
+    ``P + N = Z0`` and ``P - N = |W| |a|``, so both denominators ``D_+ = Z0 + g P + b_+`` (z > 0) and
+    ``D_- = Z0 + g N + b_-`` (z < 0) need only ``Z0`` (the layer's own output) and ``|W| |a|``; the
+    derivative likewise is ``(1 + g/2) W^T (R g_out) + g/2 sign(a) |W|^T (sign(z) R g_out)``.  Equal to the
+    rule's four-part form (Testing/test_lrp_zennit.py), including its derivative at ``a = 0``.
+    A folded InstanceNorm (weights ``scale * W``, bias ``b``: already folded) enters as a per-channel factor
+    of the outputs and of the incoming gradient, so no scaled copy of the weights is made.
+    """
+    g = rule.gamma
+    with torch.no_grad():
+        if z is None:
+            z = _apply_linear(module, a0, w, b, 1)
+        red = [d for d in range(a0.dim()) if d != a0.dim() + cdim and d != cdim]
+        has_neg = a0.amin(dim=red) < 0  # per input channel
+        sign = None
+        if bool(has_neg.any()):  # sign(a) where a channel has negatives, 1 elsewhere (int8)
+            where = has_neg if cdim == -1 else has_neg.reshape((1, -1) + (1,) * (a0.dim() - 2))
+            sign = torch.where(where, torch.sign(a0), 1.0).to(torch.int8)
+        D = _apply_linear(module, a0 if sign is None else a0.abs(), abs_w, None, 1)  # |W| |a|
+        if scale is not None:
+            D.mul_(_along(scale.abs(), D, cdim))
+        mask = z > 0
+        D.mul_(torch.where(mask, 0.5 * g, -0.5 * g))
+        D.add_(z if b is None else z - _along(b, z, cdim), alpha=1.0 + 0.5 * g)  # (1 + g/2) Z0 +- g/2 |W||a|
+        if b is not None and rule._keeps_bias(b):
+            D.add_(torch.where(mask, _along(b + g * b.clamp(min=0), z, cdim), _along(b + g * b.clamp(max=0), z, cdim)))
+        R = torch.div(z, stabilize(D, rule.stabilizer))
+        del D
+    if not (a.requires_grad or fwAD.unpack_dual(a).tangent is not None):
+        return z
+    return _GammaFunction.apply(a, R, mask, sign, _GammaSpec(module, w, abs_w, scale, cdim, g, z, tuple(a0.shape)))
+
+
+class _GammaFunction(torch.autograd.Function):
+    """Value: the layer's output.  Derivative: the gamma rule's (see :func:`_gamma_layer`); keeps only the
+    ratio ``R``, the mask ``z > 0`` and (for inputs with negatives) ``sign(a)`` as int8."""
+
+    @staticmethod
+    def forward(ctx, a, R, mask, sign, spec):
+        ctx.spec = spec
+        ctx.save_for_backward(R, mask, sign)
+        ctx.save_for_forward(R, mask, sign)
+        z, spec.z = spec.z, None
+        return z
+
+    @staticmethod
+    def backward(ctx, gout):
+        R, mask, sign = ctx.saved_tensors
+        spec = ctx.spec
+        gR = gout * R
+        if spec.scale is not None:
+            gR.mul_(_along(spec.scale, gR, spec.cdim))
+        u = _linear_input_grad(spec.module, gR, spec.weight, spec.x_shape)
+        signs = torch.where(mask, 1.0, -1.0).to(gR)
+        if spec.scale is not None:
+            signs.mul_(_along(spec.scale.sign(), gR, spec.cdim))  # |c| g = sign(c) * (c g)
+        v = _linear_input_grad(spec.module, gR.mul_(signs), spec.abs_weight, spec.x_shape)
+        u.mul_(1.0 + 0.5 * spec.gamma)
+        if sign is not None:
+            s = sign.to(u.dtype)
+            u.mul_(2.0 - s.abs())  # a = 0: both clamped parts pass the gradient, as the four-part form
+            v.mul_(s)
+        return u.add_(v, alpha=0.5 * spec.gamma), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, ta, tR, tmask, tsign, tspec):
+        R, mask, sign = ctx.saved_tensors
+        spec = ctx.spec
+        with torch.no_grad():
+            t1 = ta if sign is None else ta * (2.0 - sign.abs().to(ta))
+            t2 = ta if sign is None else ta * sign.to(ta)
+            out = _apply_linear(spec.module, t1, spec.weight, None, 1).mul_(1.0 + 0.5 * spec.gamma)
+            q = _apply_linear(spec.module, t2, spec.abs_weight, None, 1)
+            q.mul_(torch.where(mask, 0.5 * spec.gamma, -0.5 * spec.gamma).to(q))
+            if spec.scale is not None:
+                out.mul_(_along(spec.scale, out, spec.cdim))
+                q.mul_(_along(spec.scale.abs(), q, spec.cdim))
+            return out.add_(q).mul_(R)
+
+
 class RuleLayer(nn.Module):
     """A linear layer whose forward value is unchanged and whose derivative applies an LRP rule."""
 
@@ -244,20 +349,30 @@ class RuleLayer(nn.Module):
         self.instance_norm = instance_norm
 
     def _fold_instance_norm(self, a, w, b):
-        """Weights and bias of this layer followed by its InstanceNorm, with this input's statistics."""
+        """This layer followed by its InstanceNorm, with this input's statistics: the per-output-channel
+        scale, the folded bias and the normalised output itself (the layer's one convolution, reused by the
+        rules); the folded weights are ``scale * W``."""
         out = _apply_linear(self.module, a.detach(), w, b)
         if out.shape[0] != 1:
             raise LRPError("LRP with InstanceNorm explains one case at a time (batch size 1)")
         norm = self.instance_norm
         dims = tuple(range(2, out.dim()))
-        mean, var = out.mean(dim=dims)[0], out.var(dim=dims, unbiased=False)[0]
+        var, mean = torch.var_mean(out, dim=dims, unbiased=False)
+        mean, var = mean[0], var[0]
         scale = 1.0 / torch.sqrt(var + norm.eps)
         if norm.affine:
             scale = scale * norm.weight.detach()
         shift = (norm.bias.detach() if norm.affine else 0.0) - mean * scale
-        shape = [1] * w.dim()
-        shape[1 if isinstance(self.module, TRANSPOSED_TYPES) else 0] = -1
-        return w * scale.reshape(shape), (b if b is not None else 0.0) * scale + shift
+        z = out.mul_(_channel_view(scale, out)).add_(_channel_view(shift, out))
+        return scale, (b if b is not None else 0.0) * scale + shift, z
+
+    def _abs_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``|W|``, computed once per weight tensor (the model's weights do not change)."""
+        key = (w.data_ptr(), w.dtype, w.device, w._version)
+        cached = getattr(self, "_abs_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._abs_cache = (key, w.abs())
+        return cached[1]
 
     def _term_input(self, kind: str, a: torch.Tensor, nonneg: bool = False, neg_channels=None):
         """The input of a rule part; ``nonneg``: ``a >= 0``; ``neg_channels``: the only input channels with
@@ -296,13 +411,21 @@ class RuleLayer(nn.Module):
             module = self.module
             w = module.weight.detach()
             b = None if module.bias is None else module.bias.detach()
+            z_known = scale = None
             if self.instance_norm is not None:
-                w, b = self._fold_instance_norm(a, w, b)
+                scale, b, z_known = self._fold_instance_norm(a, w, b)
             w = _dense_weight(module, w)
             linear = isinstance(module, nn.Linear)
             cdim = -1 if linear else 1
             in_dim, out_dim = (0, 1) if isinstance(module, TRANSPOSED_TYPES) else (1, 0)
             a0 = a.detach()  # also drops a forward-mode tangent
+            if isinstance(self.rule, Gamma) and _is_fast(module):
+                return _gamma_layer(a, a0, module, self.rule, w, self._abs_weight(w), b, z_known, scale, cdim)
+            # epsilon keeps the layer's own weights: a folded InstanceNorm's scale goes into the ratio R
+            out_scale = scale if isinstance(self.rule, Epsilon) and self.rule._keeps_bias(b) else None
+            if scale is not None and out_scale is None:
+                w = w * scale.reshape([-1 if d == (1 if isinstance(module, TRANSPOSED_TYPES) else 0) else 1
+                                       for d in range(w.dim())])
             groups = self.rule.groups(w, b)
             kinds = list(dict.fromkeys(p.input for g in groups for p in g.parts))
             # after a ReLU the negative part of the input is zero: leave it out, for every channel where it is
@@ -337,13 +460,16 @@ class RuleLayer(nn.Module):
                 n_out = w.shape[out_dim]
                 bias = torch.cat([x if x is not None else w.new_zeros(n_out) for x in biases])
             with torch.no_grad():
-                O = _apply_linear(module, X.detach(), weight, bias, 1)
+                if out_scale is not None:
+                    O = z_known  # epsilon's one denominator is the (normalised) output itself
+                else:
+                    O = _apply_linear(module, X.detach(), weight, bias, 1)
                 spec = _Fused(module, weight, len(groups), cdim, [])
                 Os, axis = _split(O, spec)
                 D = Os.unbind(axis) if len(groups) > 1 else [O]
                 z = self.rule.output_from_groups(D, b)
                 if z is None:
-                    z = _apply_linear(module, a0, w, b, 1)
+                    z = z_known if z_known is not None else _apply_linear(module, a0, w, b, 1)
                 eps, mask = self.rule.stabilizer, None
                 spec.signed = [g.where for g in groups] == ["pos", "neg"]
                 if spec.signed:  # R = c_g z / stab(D_g) of the group that applies (0 where z = 0)
@@ -365,6 +491,8 @@ class RuleLayer(nn.Module):
                             r.masked_fill_(z <= 0 if g.where == "pos" else z >= 0, 0.0)
                         if g.coef != 1.0:
                             r.mul_(g.coef)
+                if out_scale is not None:
+                    R.mul_(_along(out_scale, R, cdim))
             if not (X.requires_grad or fwAD.unpack_dual(X).tangent is not None):
                 return z
             spec.z.append(z)

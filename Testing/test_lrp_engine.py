@@ -137,10 +137,16 @@ def test_instance_norm_conserves_relevance_when_its_shift_is_zeroed():
     assert float(M_bias.sum()) != pytest.approx(total, rel=1e-6)
 
 
-def test_instance_norm_is_batch_norm_with_this_inputs_statistics():
+@pytest.mark.parametrize("negative_weights", [False, True])
+def test_instance_norm_is_batch_norm_with_this_inputs_statistics(negative_weights):
     """The documented InstanceNorm choice: same relevance as the u-net with BatchNorm whose running
-    statistics are this input's instance statistics."""
+    statistics are this input's instance statistics (the fused InstanceNorm paths of gamma and epsilon
+    against the plain BatchNorm fold), also with negative InstanceNorm weights."""
     inst = random_unet(seed=22, norm="instance")
+    if negative_weights:
+        for m in inst.modules():
+            if isinstance(m, nn.InstanceNorm3d):
+                m.weight.data[::2] *= -1
     x = random_input(seed=23)
     stats = {}
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: stats.__setitem__(
@@ -158,7 +164,10 @@ def test_instance_norm_is_batch_norm_with_this_inputs_statistics():
     y = inst(x).detach()
     torch.testing.assert_close(batch(x).detach(), y)
     seed = torch.rand(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
-    torch.testing.assert_close(LRP(inst, "recommended").relevance(x, seed), LRP(batch, "recommended").relevance(x, seed))
+    for preset in ("recommended", "epsilon-gamma-box", "alpha2-beta1"):
+        torch.testing.assert_close(LRP(inst, preset).relevance(x, seed), LRP(batch, preset).relevance(x, seed))
+        S_inst = LRP(inst, preset).forward_with_sums(x, keep_graph=False)[1]
+        torch.testing.assert_close(S_inst, LRP(batch, preset).forward_with_sums(x, keep_graph=False)[1])
 
 
 def test_conservation_through_residual_addition():
