@@ -9,7 +9,8 @@ A model file is safetensors weights with a JSON config beside it (same name, ``.
 Both may give what the library needs to know (:class:`~.model_info.ModelInfo`): ``"sequences"`` (channel
 keys in order; default the paper's six), ``"classes"`` (default background, tumor), ``"lesion"``,
 ``"strides"`` (per axis; ``"size_divisor"`` is one number for all), ``"patch_size"``, ``"spacing"`` (z, y, x
-mm the model was trained at) and ``"padding"``.  A folder is an nnU-Net v2 trained model
+mm the model was trained at), ``"padding"`` and ``"mirror_axes"`` (test-time mirroring, e.g. ``[0, 1, 2]``
+for a model trained with flips).  A folder is an nnU-Net v2 trained model
 (:mod:`.nnunet`).  Weights are never unpickled: ``.pt``/``.pth`` files are refused by name.  Every bad
 file gets one ``ValueError``/``FileNotFoundError`` line naming it.
 """
@@ -58,7 +59,7 @@ def info_from_config(config: dict, where: str = "config") -> ModelInfo:
         kw["lesion"] = config["lesion"]
     elif "tumor" not in [c.lower() for c in classes]:
         kw["lesion"] = classes[-1]
-    for key in ("patch_size", "spacing", "padding"):
+    for key in ("patch_size", "spacing", "padding", "mirror_axes"):
         if config.get(key) is not None:
             kw[key] = config[key]
     if config.get("strides") is not None:

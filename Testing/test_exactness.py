@@ -348,6 +348,9 @@ def _bad_models(folder, good):
     four = folder / "four.safetensors"
     four.write_bytes(good.read_bytes())
     (folder / "four.json").write_text(json.dumps({**cfg, "in_channels": 4}))
+    mirror = folder / "mirror.safetensors"
+    mirror.write_bytes(good.read_bytes())
+    (folder / "mirror.json").write_text(json.dumps({**cfg, "mirror_axes": [0, 3]}))
     broken = folder / "broken.safetensors"
     broken.write_bytes(good.read_bytes())
     (folder / "broken.json").write_text('{"architecture": "UNet3D", "depth": 2,,}')
@@ -364,8 +367,16 @@ def _bad_models(folder, good):
             "mismatch": (mismatch, "the weights do not match"),
             "four": (four, "4 input channels but 6 sequences are named"),
             "broken": (folder / "broken.json", "invalid JSON"),
+            "mirror": (mirror, "mirror_axes must be spatial axes 0, 1, 2"),
             "evil": (evil, "only .safetensors weights are read; .pt/.pth files can run code"),
             "missing": (folder / "nothing.safetensors", "model weights not found")}, marker
+
+
+def test_model_config_may_ask_for_test_time_mirroring(tmp_path, tiny_model):
+    cfg = json.loads(tiny_model.with_suffix(".json").read_text())
+    (tmp_path / "m.safetensors").write_bytes(tiny_model.read_bytes())
+    (tmp_path / "m.json").write_text(json.dumps({**cfg, "mirror_axes": [2, 1]}))
+    assert load_model(str(tmp_path / "m.safetensors")).model_info.mirrors == ((), (3,), (4,), (3, 4))
 
 
 def test_every_bad_model_file_is_one_line_naming_it(tmp_path, tiny_model):
