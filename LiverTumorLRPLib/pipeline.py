@@ -96,11 +96,20 @@ def segment_case(case, out: str, model="bundled", device="auto", progress=None, 
     info_out = {"case": case.name, "tumor_voxels": int(seg.sum()),
                 "tumor_volume_ml": float(seg.sum() * case.voxel_volume_mm3 / 1000.0),
                 "lesion_class": info.classes[lesion], "network_grid": list(p.image.shape[1:]),
-                "network_spacing": list(p.grid.network_spacing) if p.grid.network_spacing else None}
+                "network_spacing": list(p.grid.network_spacing) if p.grid.network_spacing else None,
+                **_windows(info, p.image.shape[1:], patch_size)}
     if case.label is not None:
         info_out["dice"] = dice(seg, case.label > 0)
     prog(1.0, "segmentation written")
     return {"segmentation": seg, "probability": prob, "labels": labels, "network_labels": labels_net, **info_out}
+
+
+def _windows(info, shape, patch_size) -> dict:
+    """How many sliding windows of which shape the network ran on (for the result files)."""
+    from .inference import plan_for
+
+    plan = plan_for(info, shape, patch_size)
+    return {"windows": len(plan.windows), "window_shape": list(plan.patch)}
 
 
 def _mass(maps: np.ndarray):
@@ -178,7 +187,8 @@ def analyze_case(case, out: str, model="bundled", preset="recommended", device="
             "seed": seed, **{k: v for k, v in res.as_dict().items() if k.startswith("n_")},
             "lesion_class": res.lesion, "relevance": [float(v) for v in res.shares],
             "tumor_voxels": seg["tumor_voxels"], "tumor_volume_ml": seg["tumor_volume_ml"],
-            "network_grid": seg["network_grid"], "network_spacing": seg["network_spacing"]}
+            "network_grid": seg["network_grid"], "network_spacing": seg["network_spacing"],
+            "windows": seg["windows"], "window_shape": seg["window_shape"]}
     if "dice" in seg:
         meta["dice"] = seg["dice"]
     if resamples:
@@ -237,7 +247,8 @@ def explain_case(case, out: str, model="bundled", region="tumor", cls="tumor", p
     meta = {"analysis": "region relevance (Eq. 2)", "title": f"{name}-class relevance of {desc}",
             "region": desc, "class": name, "preset": preset, "n_voxels": res.n_voxels,
             "n_excluded": res.n_excluded, "relevance": [float(v) for v in res.sequence_shares],
-            "tumor_voxels": seg["tumor_voxels"], "network_grid": seg["network_grid"]}
+            "tumor_voxels": seg["tumor_voxels"], "network_grid": seg["network_grid"],
+            "windows": seg["windows"], "window_shape": seg["window_shape"]}
     if "dice" in seg:
         meta["dice"] = seg["dice"]
     summary = _write_relevance_outputs(p, out, res.maps, res.sequence_shares, meta,

@@ -504,6 +504,7 @@ def test_bad_folders_give_one_line_naming_the_file(nnunet_models, tmp_path):
 def test_cli_analyze_with_an_nnunet_folder(nnunet_models, predictors, tmp_path, capsys):
     """`liver-lrp analyze CASE --model FOLDER`: outputs on the case grid, shares computed on nnU-Net's grid."""
     from LiverTumorLRPLib.cli import main
+    from LiverTumorLRPLib.inference import plan_for
 
     case = nnunet_models["cases"]["liver"]
     folder = tmp_path / "case"
@@ -519,6 +520,9 @@ def test_cli_analyze_with_an_nnunet_folder(nnunet_models, predictors, tmp_path, 
     assert result["lesion_class"] == "tumor" and result["model_classes"] == ["background", "liver", "tumor"]
     gm = load_nnunet(nnunet_models["folders"]["liver"]).grid_map_for(case)
     assert tuple(result["network_grid"]) == gm.network_shape
+    info = load_nnunet(nnunet_models["folders"]["liver"]).model_info
+    assert result["window_shape"] == list(info.patch_size)  # nnU-Net: exactly its patch, never grown
+    assert result["windows"] == len(plan_for(info, gm.network_shape).windows) > 1
     assert abs(sum(r["relevance"] for r in result["sequences"]) - 1) < 1e-5
     rel = sitk.ReadImage(str(out / "relevance_T1_20s.nii.gz"))
     assert rel.GetSize() == case.reference.GetSize()
