@@ -246,6 +246,7 @@ class _GammaSpec:
     module: nn.Module
     weight: torch.Tensor       # W (dense), the layer's own
     abs_weight: torch.Tensor   # |W|, cached by the layer
+    stacked: Optional[torch.Tensor]  # [W; |W|] stacked on the output axis (inputs >= 0: one operation each way)
     scale: Optional[torch.Tensor]  # per output channel: a folded InstanceNorm's 1/sigma (times its weight)
     cdim: int
     gamma: float
@@ -253,7 +254,7 @@ class _GammaSpec:
     x_shape: tuple
 
 
-def _gamma_layer(a, a0, module, rule: Gamma, w, abs_w, b, z, scale, cdim):
+def _gamma_layer(a, a0, module, rule: Gamma, w, abs_w, b, z, scale, cdim, stacked_weight=None):
     """The generalised gamma rule with two linear operations instead of four.
 
     With ``P = W+ a+ + W- a-`` and ``N = W- a+ + W+ a-`` (zennit's terms) and ``Z0 = W a``:
@@ -263,30 +264,49 @@ def _gamma_layer(a, a0, module, rule: Gamma, w, abs_w, b, z, scale, cdim):
     rule's four-part form (Testing/test_lrp_zennit.py), including its derivative at ``a = 0``.
     A folded InstanceNorm (weights ``scale * W``, bias ``b``: already folded) enters as a per-channel factor
     of the outputs and of the incoming gradient, so no scaled copy of the weights is made.
+    For inputs ``a >= 0`` (after a ReLU) ``W`` and ``|W|`` run as one operation with the weights
+    ``stacked_weight()`` (``[W; |W|]``).
     """
     g = rule.gamma
+    out_dim = 1 if isinstance(module, TRANSPOSED_TYPES) else 0
     with torch.no_grad():
-        if z is None:
-            z = _apply_linear(module, a0, w, b, 1)
         red = [d for d in range(a0.dim()) if d != a0.dim() + cdim and d != cdim]
         has_neg = a0.amin(dim=red) < 0  # per input channel
         sign = None
         if bool(has_neg.any()):  # sign(a) where a channel has negatives, 1 elsewhere (int8)
-            where = has_neg if cdim == -1 else has_neg.reshape((1, -1) + (1,) * (a0.dim() - 2))
-            sign = torch.where(where, torch.sign(a0), 1.0).to(torch.int8)
-        D = _apply_linear(module, a0 if sign is None else a0.abs(), abs_w, None, 1)  # |W| |a|
+            sign = (a0 > 0).to(torch.int8).sub_((a0 < 0).to(torch.int8))
+            if not bool(has_neg.all()):
+                shape = (1, -1) + (1,) * (a0.dim() - 2) if cdim != -1 else (-1,)
+                sign.masked_fill_(~has_neg.reshape(shape), 1)
+        stacked = None
+        if sign is not None or z is not None or stacked_weight is None:
+            if z is None:
+                z = _apply_linear(module, a0, w, b, 1)
+            D = _apply_linear(module, a0 if sign is None else a0.abs(), abs_w, None, 1)  # |W| |a|
+        else:  # one operation for W a + b and |W| a
+            stacked = stacked_weight()
+            n = w.shape[out_dim]
+            O = _apply_linear(module, a0, stacked, None if b is None else torch.cat([b, torch.zeros_like(b)]), 1)
+            z, D = O.narrow(cdim, 0, n), O.narrow(cdim, n, n)
         if scale is not None:
             D.mul_(_along(scale.abs(), D, cdim))
         mask = z > 0
-        D.mul_(torch.where(mask, 0.5 * g, -0.5 * g))
+        D.mul_(_plus_minus(mask)).mul_(0.5 * g)
         D.add_(z if b is None else z - _along(b, z, cdim), alpha=1.0 + 0.5 * g)  # (1 + g/2) Z0 +- g/2 |W||a|
         if b is not None and rule._keeps_bias(b):
             D.add_(torch.where(mask, _along(b + g * b.clamp(min=0), z, cdim), _along(b + g * b.clamp(max=0), z, cdim)))
-        R = torch.div(z, stabilize(D, rule.stabilizer))
+        D.add_(_plus_minus(D >= 0), alpha=rule.stabilizer)  # stabilised
+        R = torch.div(z, D, out=None if stacked is not None else D)  # not a view of the stacked output
         del D
     if not (a.requires_grad or fwAD.unpack_dual(a).tangent is not None):
         return z
-    return _GammaFunction.apply(a, R, mask, sign, _GammaSpec(module, w, abs_w, scale, cdim, g, z, tuple(a0.shape)))
+    spec = _GammaSpec(module, w, abs_w, stacked, scale, cdim, g, z, tuple(a0.shape))
+    return _GammaFunction.apply(a, R, mask, sign, spec)
+
+
+def _plus_minus(mask: torch.Tensor) -> torch.Tensor:
+    """+1 where ``mask``, -1 elsewhere, as int8 (a quarter of a float32 tensor)."""
+    return mask.to(torch.int8).mul_(2).sub_(1)
 
 
 class _GammaFunction(torch.autograd.Function):
@@ -306,18 +326,25 @@ class _GammaFunction(torch.autograd.Function):
         R, mask, sign = ctx.saved_tensors
         spec = ctx.spec
         gR = gout * R
+        if spec.stacked is not None:  # [(1 + g/2) gR; g/2 sign(z) gR] through [W; |W|]^T: one operation
+            both = torch.cat([gR, gR], spec.cdim)
+            n = gR.shape[spec.cdim]
+            both.narrow(spec.cdim, 0, n).mul_(1.0 + 0.5 * spec.gamma)
+            both.narrow(spec.cdim, n, n).mul_(_plus_minus(mask)).mul_(0.5 * spec.gamma)
+            del gR
+            return _linear_input_grad(spec.module, both, spec.stacked, spec.x_shape), None, None, None, None
         if spec.scale is not None:
             gR.mul_(_along(spec.scale, gR, spec.cdim))
         u = _linear_input_grad(spec.module, gR, spec.weight, spec.x_shape)
-        signs = torch.where(mask, 1.0, -1.0).to(gR)
+        gR.mul_(_plus_minus(mask))
         if spec.scale is not None:
-            signs.mul_(_along(spec.scale.sign(), gR, spec.cdim))  # |c| g = sign(c) * (c g)
-        v = _linear_input_grad(spec.module, gR.mul_(signs), spec.abs_weight, spec.x_shape)
+            gR.mul_(_along(spec.scale.sign(), gR, spec.cdim))  # |c| g = sign(c) * (c g)
+        v = _linear_input_grad(spec.module, gR, spec.abs_weight, spec.x_shape)
+        del gR
         u.mul_(1.0 + 0.5 * spec.gamma)
         if sign is not None:
-            s = sign.to(u.dtype)
-            u.mul_(2.0 - s.abs())  # a = 0: both clamped parts pass the gradient, as the four-part form
-            v.mul_(s)
+            u.mul_(2 - sign.abs())  # a = 0: both clamped parts pass the gradient, as the four-part form
+            v.mul_(sign)
         return u.add_(v, alpha=0.5 * spec.gamma), None, None, None, None
 
     @staticmethod
@@ -325,11 +352,17 @@ class _GammaFunction(torch.autograd.Function):
         R, mask, sign = ctx.saved_tensors
         spec = ctx.spec
         with torch.no_grad():
-            t1 = ta if sign is None else ta * (2.0 - sign.abs().to(ta))
-            t2 = ta if sign is None else ta * sign.to(ta)
+            if spec.stacked is not None:
+                O = _apply_linear(spec.module, ta, spec.stacked, None, 1)
+                n = O.shape[spec.cdim] // 2
+                out, q = O.narrow(spec.cdim, 0, n), O.narrow(spec.cdim, n, n)
+                q.mul_(_plus_minus(mask)).mul_(0.5 * spec.gamma)
+                return out.mul_(1.0 + 0.5 * spec.gamma).add_(q).mul_(R)
+            t1 = ta if sign is None else ta * (2 - sign.abs())
+            t2 = ta if sign is None else ta * sign
             out = _apply_linear(spec.module, t1, spec.weight, None, 1).mul_(1.0 + 0.5 * spec.gamma)
             q = _apply_linear(spec.module, t2, spec.abs_weight, None, 1)
-            q.mul_(torch.where(mask, 0.5 * spec.gamma, -0.5 * spec.gamma).to(q))
+            q.mul_(_plus_minus(mask)).mul_(0.5 * spec.gamma)
             if spec.scale is not None:
                 out.mul_(_along(spec.scale, out, spec.cdim))
                 q.mul_(_along(spec.scale.abs(), q, spec.cdim))
@@ -366,13 +399,21 @@ class RuleLayer(nn.Module):
         z = out.mul_(_channel_view(scale, out)).add_(_channel_view(shift, out))
         return scale, (b if b is not None else 0.0) * scale + shift, z
 
-    def _abs_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """``|W|``, computed once per weight tensor (the model's weights do not change)."""
+    def _cached(self, name: str, w: torch.Tensor, make):
+        """``make(w)``, computed once per weight tensor (the model's weights do not change)."""
         key = (w.data_ptr(), w.dtype, w.device, w._version)
-        cached = getattr(self, "_abs_cache", None)
-        if cached is None or cached[0] != key:
-            cached = self._abs_cache = (key, w.abs())
-        return cached[1]
+        cache = self.__dict__.setdefault("_weight_cache", {})
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, make(w))
+        return cache[name][1]
+
+    def _abs_weight(self, w: torch.Tensor) -> torch.Tensor:
+        return self._cached("abs", w, torch.abs)
+
+    def _stacked_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``[W; |W|]`` stacked on the output axis."""
+        out_dim = 1 if isinstance(self.module, TRANSPOSED_TYPES) else 0
+        return self._cached("stacked", w, lambda t: torch.cat([t, self._abs_weight(t)], out_dim))
 
     def _term_input(self, kind: str, a: torch.Tensor, nonneg: bool = False, neg_channels=None):
         """The input of a rule part; ``nonneg``: ``a >= 0``; ``neg_channels``: the only input channels with
@@ -420,7 +461,8 @@ class RuleLayer(nn.Module):
             in_dim, out_dim = (0, 1) if isinstance(module, TRANSPOSED_TYPES) else (1, 0)
             a0 = a.detach()  # also drops a forward-mode tangent
             if isinstance(self.rule, Gamma) and _is_fast(module):
-                return _gamma_layer(a, a0, module, self.rule, w, self._abs_weight(w), b, z_known, scale, cdim)
+                return _gamma_layer(a, a0, module, self.rule, w, self._abs_weight(w), b, z_known, scale, cdim,
+                                    lambda: self._stacked_weight(w))
             # epsilon keeps the layer's own weights: a folded InstanceNorm's scale goes into the ratio R
             out_scale = scale if isinstance(self.rule, Epsilon) and self.rule._keeps_bias(b) else None
             if scale is not None and out_scale is None:
