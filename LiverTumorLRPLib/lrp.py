@@ -279,7 +279,7 @@ def _gamma_layer(a, a0, module, rule: Gamma, w, abs_w, b, z, scale, cdim, stacke
                 shape = (1, -1) + (1,) * (a0.dim() - 2) if cdim != -1 else (-1,)
                 sign.masked_fill_(~has_neg.reshape(shape), 1)
         stacked = None
-        if sign is not None or z is not None or stacked_weight is None:
+        if sign is not None or z is not None or stacked_weight is None or fwAD.unpack_dual(a).tangent is not None:
             if z is None:
                 z = _apply_linear(module, a0, w, b, 1)
             D = _apply_linear(module, a0 if sign is None else a0.abs(), abs_w, None, 1)  # |W| |a|
@@ -352,12 +352,6 @@ class _GammaFunction(torch.autograd.Function):
         R, mask, sign = ctx.saved_tensors
         spec = ctx.spec
         with torch.no_grad():
-            if spec.stacked is not None:
-                O = _apply_linear(spec.module, ta, spec.stacked, None, 1)
-                n = O.shape[spec.cdim] // 2
-                out, q = O.narrow(spec.cdim, 0, n), O.narrow(spec.cdim, n, n)
-                q.mul_(_plus_minus(mask)).mul_(0.5 * spec.gamma)
-                return out.mul_(1.0 + 0.5 * spec.gamma).add_(q).mul_(R)
             t1 = ta if sign is None else ta * (2 - sign.abs())
             t2 = ta if sign is None else ta * sign
             out = _apply_linear(spec.module, t1, spec.weight, None, 1).mul_(1.0 + 0.5 * spec.gamma)
@@ -502,8 +496,19 @@ class RuleLayer(nn.Module):
                 n_out = w.shape[out_dim]
                 bias = torch.cat([x if x is not None else w.new_zeros(n_out) for x in biases])
             with torch.no_grad():
+                z_stacked = None
                 if out_scale is not None:
                     O = z_known  # epsilon's one denominator is the (normalised) output itself
+                elif (z_known is None and X is a and type(self.rule).output_from_groups is Rule.output_from_groups
+                      and fwAD.unpack_dual(a).tangent is None):
+                    # the rule cannot recover z from its denominators and its input is the layer's input:
+                    # z comes out of the same operation, its weights stacked before the rule's (not under
+                    # forward-mode AD, which wants a custom function's output to be no view)
+                    n, n_out = weight.shape[out_dim], w.shape[out_dim]
+                    both = None if bias is None and b is None else torch.cat([
+                        b if b is not None else w.new_zeros(n_out), bias if bias is not None else w.new_zeros(n)])
+                    O2 = _apply_linear(module, X.detach(), torch.cat([w, weight], out_dim), both, 1)
+                    z_stacked, O = O2.narrow(cdim, 0, n_out), O2.narrow(cdim, n_out, n)
                 else:
                     O = _apply_linear(module, X.detach(), weight, bias, 1)
                 spec = _Fused(module, weight, len(groups), cdim, [])
@@ -511,7 +516,8 @@ class RuleLayer(nn.Module):
                 D = Os.unbind(axis) if len(groups) > 1 else [O]
                 z = self.rule.output_from_groups(D, b)
                 if z is None:
-                    z = z_known if z_known is not None else _apply_linear(module, a0, w, b, 1)
+                    z = next(t for t in (z_stacked, z_known) if t is not None) if (
+                        z_stacked is not None or z_known is not None) else _apply_linear(module, a0, w, b, 1)
                 eps, mask = self.rule.stabilizer, None
                 spec.signed = [g.where for g in groups] == ["pos", "neg"]
                 if spec.signed:  # R = c_g z / stab(D_g) of the group that applies (0 where z = 0)
