@@ -412,7 +412,8 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
                    checks: Sequence[str] = CHECKS, known_truth_models: Sequence[str] = (), crop=None,
                    detail_cases: int = 5, baseline: str = "zero", device="cpu", seed: int = VALIDATION_SEED,
                    known_truth_cases: int = 30, log=print,
-                   baseline_methods: Sequence[str] = BASELINE_METHODS) -> dict:
+                   baseline_methods: Sequence[str] = BASELINE_METHODS,
+                   known_truth_shapley: Sequence[str] = ("zero", "mean", "blur")) -> dict:
     """Run the checks and write ``validation.json``, ``presets.csv``, figures and ``report.html`` to ``out``.
 
     Whole phantom volumes unless ``crop`` (fast mode).  Shapley values use ``cases`` cases; class sensitivity,
@@ -487,7 +488,8 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
             kt_net = load_model(path).cpu().eval()
             informative = _informative_of(path)
             kt_cases = phantom_cases(kt_net, known_truth_cases, seed, crop, informative=informative, device=device)
-            res["known_truth"][path] = {"informative": informative, **known_truth(kt_net, kt_cases, presets, device)}
+            res["known_truth"][path] = {"informative": informative,
+                                        **known_truth(kt_net, kt_cases, presets, device, known_truth_shapley)}
             for p in presets:
                 flags = [c["hit"] for c in res["known_truth"][path][p]["per_case"]]
                 res["per_preset"][p]["rates"][f"known_truth {'+'.join(informative)}"] = rate(flags)
@@ -646,6 +648,10 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--known-truth", nargs="*", default=[], metavar="MODEL",
                    help="models trained with `liver-lrp train --informative KEY ...`")
     p.add_argument("--known-truth-cases", type=int, default=30, help="phantom cases per known-truth model")
+    p.add_argument("--known-truth-shapley", nargs="*", default=["zero", "mean", "blur"],
+                   choices=["zero", "mean", "blur"], metavar="BASELINE",
+                   help="baselines of the exact Shapley values computed beside the presets on known-truth cases "
+                        "(64 forward passes each per case; none: only the presets)")
     p.add_argument("--crop", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="fast mode: crops of this size around the tumor instead of whole volumes (e.g. 24 64 64)")
     p.add_argument("--baseline-methods", nargs="*", default=list(BASELINE_METHODS), choices=list(BASELINE_METHODS),
@@ -661,7 +667,7 @@ def run(args) -> int:
     res = run_validation(args.out, args.model, args.cases, args.presets, args.checks, args.known_truth,
                          tuple(args.crop) if args.crop else None, args.detail_cases, args.baseline,
                          resolve_device(args.device), args.seed, args.known_truth_cases,
-                         baseline_methods=args.baseline_methods)
+                         baseline_methods=args.baseline_methods, known_truth_shapley=args.known_truth_shapley)
     with open(os.path.join(args.out, "presets.csv")) as fh:
         print(fh.read().strip())
     print(f"report -> {os.path.join(args.out, 'report.html')}")
