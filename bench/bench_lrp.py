@@ -12,7 +12,8 @@ maximum resident set size (``getrusage``) of a fresh process over one pass of th
 model, building on a small input and making the input), so it counts everything torch allocates on the CPU.
 Row ``floor``: the gradient pass of the canonised copy (BatchNorm folded) in which every layer that
 ``recommended`` gives gamma or z^B is run twice (once with |W|), i.e. the convolutions those rules need at the
-least: an estimate of the cheapest possible ``recommended`` pass (for the 1.3x target).  Targets (issue 17): ``recommended`` <= 1.3 gradient passes; EpsilonGammaBox <= 2.5 gradient passes and >= 2x
+least: an estimate of the cheapest possible ``recommended`` pass (for the 1.3x target).
+Targets (issue 17): ``recommended`` <= 1.3 gradient passes; EpsilonGammaBox <= 2.5 gradient passes and >= 2x
 faster than zennit; Eq. 2 <= 1.8 LRP passes; peak memory of an LRP pass <= 1.5x a gradient pass.
 """
 from __future__ import annotations

@@ -65,7 +65,10 @@ def bench_case(work, shape, threads):
         rows.append((name, wall, rss, out))
     with open(os.path.join(rows[1][3], "result.json")) as f:
         res = json.load(f)
-    windows = f"{res['windows']} of {' x '.join(map(str, res['window_shape']))} on {' x '.join(map(str, res['network_grid']))}"
+    def dims(v):
+        return " x ".join(map(str, v))
+
+    windows = f"{res['windows']} of {dims(res['window_shape'])} on {dims(res['network_grid'])}"
     print(f"case {label} at 3 x 1.2 x 1.2 mm, bundled model (4 x 3 x 3 mm), {threads} threads, windows: {windows}")
     print(f"{'command':36s} {'wall s':>8s} {'peak GiB':>9s}")
     for name, wall, rss, _ in rows:
