@@ -117,19 +117,17 @@ def cached_model(spec):
     """The model ``spec`` loaded once per process and thread (a Dask worker keeps it across its cases)."""
     from .models import load_model
 
-    options = {}
-    if isinstance(spec, dict):
-        options = {k: v for k, v in spec.items() if k != "path"}
-        spec = spec.get("path", "bundled")
-    if not isinstance(spec, (str, os.PathLike)):
+    path = spec.get("path", "bundled") if isinstance(spec, dict) else spec  # a dict: with --folds / --mirror
+    if not isinstance(path, (str, os.PathLike)):
         return load_model(spec, device="cpu")
     try:
-        key = (os.fspath(spec), os.stat(spec).st_mtime_ns, repr(sorted(options.items())))
+        mtime = os.stat(path).st_mtime_ns
     except OSError:
-        key = (os.fspath(spec), None, repr(sorted(options.items())))
+        mtime = None
+    key = (repr(sorted(spec.items())) if isinstance(spec, dict) else os.fspath(spec), mtime)
     cache = _LOADED.__dict__.setdefault("models", {})
     if key not in cache:
-        cache[key] = load_model({"path": spec, **options}, device="cpu")
+        cache[key] = load_model(spec, device="cpu")
     return cache[key]
 
 

@@ -459,9 +459,8 @@ class RuleLayer(nn.Module):
                                     lambda: self._stacked_weight(w))
             # epsilon keeps the layer's own weights: a folded InstanceNorm's scale goes into the ratio R
             out_scale = scale if isinstance(self.rule, Epsilon) and self.rule._keeps_bias(b) else None
-            if scale is not None and out_scale is None:
-                w = w * scale.reshape([-1 if d == (1 if isinstance(module, TRANSPOSED_TYPES) else 0) else 1
-                                       for d in range(w.dim())])
+            if scale is not None and out_scale is None:  # other rules see the folded weights scale * W
+                w = w * scale.reshape([-1 if d == out_dim else 1 for d in range(w.dim())])
             groups = self.rule.groups(w, b)
             kinds = list(dict.fromkeys(p.input for g in groups for p in g.parts))
             # after a ReLU the negative part of the input is zero: leave it out, for every channel where it is
@@ -516,8 +515,9 @@ class RuleLayer(nn.Module):
                 D = Os.unbind(axis) if len(groups) > 1 else [O]
                 z = self.rule.output_from_groups(D, b)
                 if z is None:
-                    z = next(t for t in (z_stacked, z_known) if t is not None) if (
-                        z_stacked is not None or z_known is not None) else _apply_linear(module, a0, w, b, 1)
+                    z = z_stacked if z_stacked is not None else z_known
+                if z is None:
+                    z = _apply_linear(module, a0, w, b, 1)
                 eps, mask = self.rule.stabilizer, None
                 spec.signed = [g.where for g in groups] == ["pos", "neg"]
                 if spec.signed:  # R = c_g z / stab(D_g) of the group that applies (0 where z = 0)
