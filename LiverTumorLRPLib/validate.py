@@ -138,6 +138,26 @@ def rate(flags) -> dict:
             "ci95": wilson_interval(sum(flags), len(flags))}
 
 
+def median_interval(values, level: float = 0.95) -> list:
+    """Distribution-free interval ``[low, high]`` of the median: order statistics ``x_(k)`` and ``x_(n+1-k)``
+    with the largest ``k`` whose binomial coverage ``P(k <= Bin(n, 1/2) <= n - k)`` is at least ``level``
+    (``[nan, nan]`` when there are too few values for that coverage)."""
+    x = np.sort(np.asarray([v for v in values if not np.isnan(v)], float))
+    n = len(x)
+    k = 0
+    while k + 1 <= n // 2 and stats.binom.cdf(n - k - 1, n, 0.5) - stats.binom.cdf(k, n, 0.5) >= level:
+        k += 1
+    if k == 0:
+        return [float("nan"), float("nan")]
+    return [float(x[k - 1]), float(x[n - k])]
+
+
+def median_with_interval(values) -> dict:
+    """The median with its 95 % interval (:func:`median_interval`) and the number of cases."""
+    v = [x for x in values if not np.isnan(x)]
+    return {"median": float(np.median(v)) if v else float("nan"), "ci95": median_interval(v), "cases": len(v)}
+
+
 def target(y: torch.Tensor, case: ValidationCase) -> torch.Tensor:
     """Sec. 2.3's explained output per batch item: mean tumor logit over T + mean background logit over B."""
     t, b = torch.from_numpy(case.tumor), torch.from_numpy(case.background)
@@ -432,7 +452,7 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
         f"{len(skipped)} without predicted tumor skipped)")
     res: dict = {"cases": [c.name for c in pool], "skipped": skipped, "crop": list(crop) if crop else None,
                  "whole_volumes": not crop, "baseline": baseline, "presets": list(presets),
-                 "baseline_methods": list(baseline_methods), "per_preset": {p: {"rates": {}} for p in presets}}
+                 "baseline_methods": list(baseline_methods)}
     if "shapley" in checks:
         rows = []
         for c in pool:
@@ -446,41 +466,18 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
             rho = ", ".join(f"{p} {rows[-1]['rho'][p]:+.2f} / {rows[-1]['rho_f'][p]:+.2f}" for p in presets)
             log(f"  shapley {c.name}: rho with Sec. 2.3 shares / with LRP of f: {rho}")
         res["shapley"] = rows
-        for p in presets:
-            res["per_preset"][p]["shapley_rho_median"] = float(np.median([r["rho"][p] for r in rows]))
-            res["per_preset"][p]["shapley_f_rho_median"] = float(np.median([r["rho_f"][p] for r in rows]))
-            res["per_preset"][p]["rates"]["shapley_rho_ge_0.8"] = rate([r["rho"][p] >= 0.8 for r in rows])
     detail = pool[:detail_cases]
     if "class-sensitivity" in checks:
         res["class_sensitivity"] = {p: [{"case": c.name, **class_sensitivity(net, c, p, device)} for c in detail]
                                     for p in presets}
-        for p in presets:
-            for k in ("raw_map", "map"):
-                res["per_preset"][p][f"class_{k}_rho_median"] = float(np.median(
-                    [r[k] for r in res["class_sensitivity"][p]]))
     if "randomisation" in checks:
         res["randomisation"] = {p: [[{"case": c.name, **row} for row in
                                      randomisation_cascade(net, c, p, device, steps=RANDOMISATION_STEPS)]
                                     for c in detail] for p in presets}
-        for p in presets:
-            top3 = [next(r for r in rows if r["step"] >= 3) for rows in res["randomisation"][p]]
-            res["per_preset"][p]["randomised_top3_map_rho_median"] = float(np.nanmedian([r["map"] for r in top3]))
-            res["per_preset"][p]["randomised_top3_sequence_rho_median"] = float(
-                np.nanmedian([r["sequences"] for r in top3]))
-            res["per_preset"][p]["rates"]["randomised_top3_map_rho_lt_0.3"] = rate([r["map"] < 0.3 for r in top3])
         log("  randomisation done")
     if "aopc" in checks:
         res["aopc"] = [{"case": c.name, **aopc(net, c, list(presets) + list(baseline_methods), device=device)}
                        for c in detail]
-        for m in list(presets) + list(baseline_methods) + ["random"]:
-            res.setdefault("aopc_summary", {})[m] = {
-                k: float(np.mean([r[m][k] for r in res["aopc"]])) for k in ("morf", "lerf") if k in res["aopc"][0][m]}
-        for p in presets:
-            res["per_preset"][p]["aopc_morf"] = res["aopc_summary"][p]["morf"]
-            res["per_preset"][p]["aopc_lerf"] = res["aopc_summary"][p]["lerf"]
-            if "gradient-x-input" in baseline_methods:
-                res["per_preset"][p]["rates"]["aopc_above_gradient_x_input"] = rate(
-                    [r[p]["morf"] > r["gradient-x-input"]["morf"] for r in res["aopc"]])
         log("  AOPC done")
     if "known-truth" in checks and known_truth_models:
         res["known_truth"] = {}
@@ -490,28 +487,150 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
             kt_cases = phantom_cases(kt_net, known_truth_cases, seed, crop, informative=informative, device=device)
             res["known_truth"][path] = {"informative": informative,
                                         **known_truth(kt_net, kt_cases, presets, device, known_truth_shapley)}
-            for p in presets:
-                flags = [c["hit"] for c in res["known_truth"][path][p]["per_case"]]
-                res["per_preset"][p]["rates"][f"known_truth {'+'.join(informative)}"] = rate(flags)
-        for p in presets:
-            n = sum(v[p]["cases"] for v in res["known_truth"].values())
-            for key, col in (("hits", "known_truth_share"), ("tumor_class_hits", "known_truth_tumor_class_share")):
-                hits = sum(v[p][key] for v in res["known_truth"].values())
-                res["per_preset"][p][col] = float(hits / max(n, 1))
-                res["per_preset"][p][col + "_ci95"] = wilson_interval(hits, n)
-        res["known_truth_shapley"] = {
-            b: float(sum(v["shapley"][b]["hits"] for v in res["known_truth"].values())
-                     / max(sum(v["shapley"][b]["cases"] for v in res["known_truth"].values()), 1))
-            for b in next(iter(res["known_truth"].values()))["shapley"]}
-        res["known_truth_shapley_ci95"] = {
-            b: wilson_interval(sum(v["shapley"][b]["hits"] for v in res["known_truth"].values()),
-                               sum(v["shapley"][b]["cases"] for v in res["known_truth"].values()))
-            for b in res["known_truth_shapley"]}
         log("  known truth done")
+    summarise(res)
     os.makedirs(out, exist_ok=True)
     write_json(res, os.path.join(out, "validation.json"))
     _write_tables_and_figures(out, res)
     return res
+
+
+GOALS = (  # (what, the goal) for the default preset (issue 15)
+    ("known truth: the one informative sequence first", ">= 0.95"),
+    ("known truth: both informative sequences in the top two", ">= 0.80"),
+    ("median Spearman rho with blurred-baseline Shapley values", ">= 0.8"),
+    ("median map rho after randomising the top three layers", "< 0.3"),
+    ("AOPC (MoRF) minus gradient x input's, mean over cases", "> 0"),
+)
+
+
+def summarise(res: dict) -> dict:
+    """Derive ``per_preset`` (medians with intervals, rates with Wilson intervals), ``aopc_summary``,
+    ``known_truth_shapley`` and ``goals`` from the per-case results of each check in ``res`` -- also for a
+    ``res`` merged from several runs (:func:`merge_results`).  Returns ``res``, updated in place."""
+    presets = res["presets"]
+    per = res["per_preset"] = {p: {"rates": {}} for p in presets}
+    if res.get("shapley"):
+        rows = res["shapley"]
+        for p in [p for p in presets if p in rows[0]["rho"]]:
+            for key, col in (("rho", "shapley_rho"), ("rho_f", "shapley_f_rho")):
+                m = median_with_interval([r[key][p] for r in rows])
+                per[p][col + "_median"], per[p][col + "_median_ci95"] = m["median"], m["ci95"]
+            per[p]["rates"]["shapley_rho_ge_0.8"] = rate([r["rho"][p] >= 0.8 for r in rows])
+    for p, rows in (res.get("class_sensitivity") or {}).items():
+        for k in ("raw_map", "map"):
+            per[p][f"class_{k}_rho_median"] = float(np.median([r[k] for r in rows]))
+    for p, runs in (res.get("randomisation") or {}).items():
+        top3 = [next(r for r in rows if r["step"] >= 3) for rows in runs]
+        for key, col in (("map", "randomised_top3_map_rho"), ("sequences", "randomised_top3_sequence_rho")):
+            m = median_with_interval([r[key] for r in top3])
+            per[p][col + "_median"], per[p][col + "_median_ci95"] = m["median"], m["ci95"]
+        per[p]["rates"]["randomised_top3_map_rho_lt_0.3"] = rate([r["map"] < 0.3 for r in top3])
+    if res.get("aopc"):
+        rows = res["aopc"]
+        res["aopc_summary"] = {m: {k: float(np.mean([r[m][k] for r in rows])) for k in ("morf", "lerf") if k in rows[0][m]}
+                               for m in [*presets, *res["baseline_methods"], "random"] if m in rows[0]}
+        for p in [p for p in presets if p in rows[0]]:
+            per[p]["aopc_morf"], per[p]["aopc_lerf"] = res["aopc_summary"][p]["morf"], res["aopc_summary"][p]["lerf"]
+            if "gradient-x-input" in rows[0]:
+                per[p]["rates"]["aopc_above_gradient_x_input"] = rate(
+                    [r[p]["morf"] > r["gradient-x-input"]["morf"] for r in rows])
+    kt = res.get("known_truth") or {}
+    for p in presets:
+        if not all(p in v for v in kt.values()) or not kt:
+            continue
+        for v in kt.values():
+            per[p]["rates"][f"known_truth {'+'.join(v['informative'])}"] = rate([c["hit"] for c in v[p]["per_case"]])
+        n = sum(v[p]["cases"] for v in kt.values())
+        for key, col in (("hits", "known_truth_share"), ("tumor_class_hits", "known_truth_tumor_class_share")):
+            hits = sum(v[p][key] for v in kt.values())
+            per[p][col], per[p][col + "_ci95"] = float(hits / max(n, 1)), wilson_interval(hits, n)
+    baselines = sorted({b for v in kt.values() for b in v.get("shapley", {})})
+    flags = {b: [c["hit"] for v in kt.values() for c in v.get("shapley", {}).get(b, {}).get("per_case", [])]
+             for b in baselines}
+    if baselines:
+        res["known_truth_shapley"] = {b: rate(flags[b])["share"] for b in baselines}
+        res["known_truth_shapley_ci95"] = {b: rate(flags[b])["ci95"] for b in baselines}
+    res["goals"] = {p: _goals(res, p) for p in presets}
+    return res
+
+
+def _goals(res: dict, preset: str) -> list:
+    """The five goals of :data:`GOALS` for one preset: value, 95 % interval, ``met`` (the value meets the goal)
+    and ``certain`` (the whole interval does); ``None`` where the run lacks the check."""
+    rates = res["per_preset"][preset]["rates"]
+    kt = {len(v["informative"]): f"known_truth {'+'.join(v['informative'])}" for v in (res.get("known_truth") or {}).values()}
+    entries = [_rate_entry(rates.get(kt.get(1))), _rate_entry(rates.get(kt.get(2))),
+               _median_entry(res, preset, "shapley_rho") if res.get("baseline") == "blur" else None,
+               _median_entry(res, preset, "randomised_top3_map_rho"), _aopc_entry(res, preset)]
+    out = []
+    for (name, goal), e in zip(GOALS, entries):
+        row = {"goal": name, "target": goal, "value": None, "ci95": None, "met": None, "certain": None}
+        if e is not None:
+            op, bound = goal.split()
+            bound = e.pop("bound") if "bound" in e else float(bound)
+            ok = {">=": lambda v: v >= bound, ">": lambda v: v > bound, "<": lambda v: v < bound}[op]
+            row.update(e, met=bool(ok(e["value"])), certain=bool(ok(e["ci95"][0]) and ok(e["ci95"][1])))
+        out.append(row)
+    return out
+
+
+def goal_cell(g: dict) -> str:
+    """One goal as text: ``0.93 (0.79-0.98) no / no``; ``not run`` without its check."""
+    if g["value"] is None:
+        return "not run"
+    yes = {True: "yes", False: "no"}
+    return f"{g['value']:.2f} ({g['ci95'][0]:.2f}-{g['ci95'][1]:.2f}) {yes[g['met']]} / {yes[g['certain']]}"
+
+
+def _rate_entry(r):
+    return None if r is None else {"value": r["share"], "ci95": r["ci95"], "hits": r["hits"], "cases": r["cases"]}
+
+
+def _median_entry(res, preset, col):
+    row = res["per_preset"][preset]
+    if col + "_median" not in row:
+        return None
+    cases = len(res["shapley"]) if col == "shapley_rho" else len(res["randomisation"][preset])
+    return {"value": row[col + "_median"], "ci95": row[col + "_median_ci95"], "cases": cases}
+
+
+def _aopc_entry(res, preset):
+    """Mean AOPC (MoRF) of the preset minus gradient x input's, with the 95 % t-interval of the paired
+    per-case differences; the goal is a difference above 0."""
+    if not res.get("aopc") or "gradient-x-input" not in res["aopc"][0] or preset not in res["aopc"][0]:
+        return None
+    d = np.array([r[preset]["morf"] - r["gradient-x-input"]["morf"] for r in res["aopc"]])
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return {"value": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)], "cases": len(d),
+            "bound": 0.0}
+
+
+def merge_results(parts: Sequence[dict]) -> dict:
+    """One result from several ``validation.json`` of the same cases and settings but different checks or presets
+    (e.g. the known-truth presets and the known-truth Shapley values run apart): per-case results are combined,
+    everything derived is recomputed by :func:`summarise`."""
+    res: dict = {"presets": [], "baseline_methods": [], "cases": [], "skipped": []}
+    for part in parts:
+        for key in ("presets", "baseline_methods", "cases", "skipped"):
+            res[key] += [x for x in part.get(key, []) if x not in res[key]]
+        for key in ("crop", "whole_volumes"):
+            res.setdefault(key, part.get(key))
+        if part.get("shapley"):
+            res["baseline"] = part["baseline"]
+        for key in ("shapley", "aopc"):
+            if part.get(key):
+                if res.get(key):
+                    raise ValueError(f"two runs both have the {key!r} check; merge runs of different checks")
+                res[key] = part[key]
+        for key in ("class_sensitivity", "randomisation"):
+            res.setdefault(key, {}).update(part.get(key) or {})
+        for path, v in (part.get("known_truth") or {}).items():
+            mine = res.setdefault("known_truth", {}).setdefault(path, {"informative": v["informative"], "shapley": {}})
+            mine.update({k: x for k, x in v.items() if k != "shapley"})
+            mine["shapley"].update(v.get("shapley", {}))
+    res.setdefault("baseline", "zero")
+    return summarise(res)
 
 
 def _informative_of(model_path: str) -> list:
@@ -623,6 +742,10 @@ def _write_tables_and_figures(out: str, res: dict) -> None:
              "<th>share</th><th>95 % interval</th></tr>" + "".join(
                  f"<tr><td>{e(p)}</td><td>{e(n)}</td><td>{r['hits']} / {r['cases']}</td><td>{r['share']:.2f}</td>"
                  f"<td>{r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}</td></tr>" for p, n, r in rates) + "</table>"]
+    parts.append("<h2>Goals for the default preset (value, 95 % interval; met / whole interval meets it)</h2>"
+                 "<table><tr><th>preset</th>" + "".join(f"<th>{e(g)} ({e(t)})</th>" for g, t in GOALS) + "</tr>" + "".join(
+                     f"<tr><td>{e(p)}</td>" + "".join(f"<td>{e(goal_cell(g))}</td>" for g in goals) + "</tr>"
+                     for p, goals in res["goals"].items()) + "</table>")
     parts += [f"<h2>{e(t)}</h2><img src='{png_data_uri(p)}'>" for t, p in figs]
     if "known_truth_shapley" in res:
         parts.append("<h2>Known truth: exact Shapley values as the reference</h2><p>Share of known-truth cases whose "
@@ -643,7 +766,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--model", default="bundled", help="'bundled' or a .safetensors file with its .json config")
     p.add_argument("--cases", type=int, default=20, help="phantom cases for Shapley, class sensitivity, known truth")
     p.add_argument("--detail-cases", type=int, default=5, help="cases for randomisation and AOPC (slow)")
-    p.add_argument("--presets", nargs="+", default=list(AOPC_PRESETS))
+    p.add_argument("--presets", nargs="*", default=list(AOPC_PRESETS),
+                   help="LRP presets to check (none: e.g. only the known-truth Shapley values)")
     p.add_argument("--checks", nargs="+", default=list(CHECKS), choices=list(CHECKS))
     p.add_argument("--known-truth", nargs="*", default=[], metavar="MODEL",
                    help="models trained with `liver-lrp train --informative KEY ...`")

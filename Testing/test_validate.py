@@ -186,6 +186,30 @@ def test_validate_command_tiny(tmp_path, capsys):
     r = row["rates"]["randomised_top3_map_rho_lt_0.3"]
     assert r["cases"] == 1 and r["ci95"] == pytest.approx(V.wilson_interval(r["hits"], 1))
     assert "randomised_top3_map_rho_lt_0.3" in (out / "rates.csv").read_text()
+    # the five goals: known truth not run, Shapley with the zero baseline is not the goal's blurred one
+    goals = res["goals"]["recommended"]
+    assert [g["value"] is None for g in goals] == [True, True, True, False, False]
+    rand, aopc = goals[3], goals[4]
+    assert rand["value"] == row["randomised_top3_map_rho_median"] and rand["met"] == (rand["value"] < 0.3)
+    diff = res["aopc"][0]["recommended"]["morf"] - res["aopc"][0]["gradient-x-input"]["morf"]
+    assert aopc["value"] == pytest.approx(diff) and aopc["met"] == (diff > 0) and aopc["cases"] == 1
+    assert "Goals for the default preset" in (out / "report.html").read_text()
+
+
+def test_median_interval_has_95_percent_coverage():
+    from scipy import stats
+
+    for n in (6, 10, 17, 30, 61):
+        x = np.arange(n, dtype=float)
+        low, high = V.median_interval(x[::-1])
+        k = int(low) + 1  # [x_(k), x_(n+1-k)], 1-based order statistics
+        assert high == n - k
+        coverage = stats.binom.cdf(n - k, n, 0.5) - stats.binom.cdf(k - 1, n, 0.5)
+        tighter = stats.binom.cdf(n - k - 1, n, 0.5) - stats.binom.cdf(k, n, 0.5)
+        assert coverage >= 0.95 > tighter
+    assert V.median_interval(np.arange(30.0)) == [9.0, 20.0]  # the 10th and 21st of 30, coverage 95.7 %
+    assert all(np.isnan(V.median_interval([1.0, 2.0, 3.0, 4.0, 5.0])))  # 5 values cannot give 95 %
+    assert V.median_with_interval([3.0, float("nan"), 1.0, 2.0])["cases"] == 3
 
 
 def test_wilson_interval_known_values():
@@ -240,3 +264,14 @@ def test_known_truth_run_reports_rates_with_intervals_and_per_case_hits(tmp_path
         V.wilson_interval(res["known_truth"][path]["shapley"]["blur"]["hits"], kt["cases"]))
     rates = (tmp_path / "out" / "rates.csv").read_text()
     assert "known_truth T1_120s" in rates and "shapley-blur" in rates
+    assert res["goals"]["epsilon"][0]["value"] == kt["share"] and res["goals"]["epsilon"][0]["cases"] == kt["cases"]
+    # the presets and the Shapley values run apart, then merged: the same summary as one run
+    kw = dict(checks=["known-truth"], known_truth_models=[path], crop=(16, 32, 32), known_truth_cases=1,
+              log=lambda *a: None)
+    only_presets = V.run_validation(str(tmp_path / "a"), model, presets=["epsilon"], known_truth_shapley=(), **kw)
+    only_shapley = V.run_validation(str(tmp_path / "b"), model, presets=[], known_truth_shapley=("blur",), **kw)
+    assert "shapley" not in only_presets["known_truth"][path] or not only_presets["known_truth"][path]["shapley"]
+    merged = V.merge_results([json.loads((tmp_path / d / "validation.json").read_text()) for d in "ab"])
+    assert merged["per_preset"] == json.loads(json.dumps(res["per_preset"]))
+    assert merged["known_truth_shapley"] == {"blur": res["known_truth_shapley"]["blur"]}
+    assert merged["goals"] == json.loads(json.dumps(res["goals"]))
