@@ -433,7 +433,8 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
                    detail_cases: int = 5, baseline: str = "zero", device="cpu", seed: int = VALIDATION_SEED,
                    known_truth_cases: int = 30, log=print,
                    baseline_methods: Sequence[str] = BASELINE_METHODS,
-                   known_truth_shapley: Sequence[str] = ("zero", "mean", "blur")) -> dict:
+                   known_truth_shapley: Sequence[str] = ("zero", "mean", "blur"),
+                   randomisation_steps: Sequence[int] = RANDOMISATION_STEPS) -> dict:
     """Run the checks and write ``validation.json``, ``presets.csv``, figures and ``report.html`` to ``out``.
 
     Whole phantom volumes unless ``crop`` (fast mode).  Shapley values use ``cases`` cases; class sensitivity,
@@ -472,7 +473,7 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
                                     for p in presets}
     if "randomisation" in checks:
         res["randomisation"] = {p: [[{"case": c.name, **row} for row in
-                                     randomisation_cascade(net, c, p, device, steps=RANDOMISATION_STEPS)]
+                                     randomisation_cascade(net, c, p, device, steps=randomisation_steps)]
                                     for c in detail] for p in presets}
         log("  randomisation done")
     if "aopc" in checks:
@@ -580,7 +581,9 @@ def goal_cell(g: dict) -> str:
     if g["value"] is None:
         return "not run"
     yes = {True: "yes", False: "no"}
-    return f"{g['value']:.2f} ({g['ci95'][0]:.2f}-{g['ci95'][1]:.2f}) {yes[g['met']]} / {yes[g['certain']]}"
+    low, high = g["ci95"]
+    interval = "no interval" if np.isnan(low) else f"{low:.2f} to {high:.2f}"
+    return f"{g['value']:.2f} ({interval}) {yes[g['met']]} / {yes[g['certain']]}"
 
 
 def _rate_entry(r):
@@ -780,6 +783,8 @@ def add_arguments(p: argparse.ArgumentParser):
                    help="fast mode: crops of this size around the tumor instead of whole volumes (e.g. 24 64 64)")
     p.add_argument("--baseline-methods", nargs="*", default=list(BASELINE_METHODS), choices=list(BASELINE_METHODS),
                    help="non-LRP methods in the AOPC comparison (occlusion is slow on whole volumes)")
+    p.add_argument("--randomisation-steps", type=int, nargs="+", default=list(RANDOMISATION_STEPS), metavar="N",
+                   help="layers randomised (from the output) after which the map is compared; all layers always")
     p.add_argument("--baseline", default="zero", choices=["zero", "mean", "blur"], help="absent-sequence baseline")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=VALIDATION_SEED)
@@ -791,7 +796,8 @@ def run(args) -> int:
     res = run_validation(args.out, args.model, args.cases, args.presets, args.checks, args.known_truth,
                          tuple(args.crop) if args.crop else None, args.detail_cases, args.baseline,
                          resolve_device(args.device), args.seed, args.known_truth_cases,
-                         baseline_methods=args.baseline_methods, known_truth_shapley=args.known_truth_shapley)
+                         baseline_methods=args.baseline_methods, known_truth_shapley=args.known_truth_shapley,
+                         randomisation_steps=args.randomisation_steps)
     with open(os.path.join(args.out, "presets.csv")) as fh:
         print(fh.read().strip())
     print(f"report -> {os.path.join(args.out, 'report.html')}")

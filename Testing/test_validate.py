@@ -166,7 +166,8 @@ def test_validate_command_tiny(tmp_path, capsys):
 
     out = tmp_path / "val"
     assert main(["validate", "--out", str(out), "--cases", "1", "--detail-cases", "1", "--crop", "16", "32", "32",
-                 "--presets", "recommended", "--baseline-methods", "gradient-x-input", "--device", "cpu"]) == 0
+                 "--presets", "recommended", "--baseline-methods", "gradient-x-input", "--randomisation-steps", "1", "3",
+                 "--device", "cpu"]) == 0
     res = json.loads((out / "validation.json").read_text())
     assert len(res["cases"]) == 1 and set(res["per_preset"]) == {"recommended"}
     row = res["per_preset"]["recommended"]
@@ -182,6 +183,8 @@ def test_validate_command_tiny(tmp_path, capsys):
     assert res["shapley"][0]["case"] == name and res["aopc"][0]["case"] == name
     assert res["class_sensitivity"]["recommended"][0]["case"] == name
     assert {r["case"] for r in res["randomisation"]["recommended"][0]} == {name}
+    steps = [r["step"] for r in res["randomisation"]["recommended"][0]]
+    assert steps[:3] == [0, 1, 3] and len(steps) == 4 and steps[-1] > 3  # the asked steps, then all layers
     assert res["crop"] == [16, 32, 32] and not res["whole_volumes"]
     r = row["rates"]["randomised_top3_map_rho_lt_0.3"]
     assert r["cases"] == 1 and r["ci95"] == pytest.approx(V.wilson_interval(r["hits"], 1))
