@@ -546,6 +546,10 @@ def summarise(res: dict) -> dict:
         for key, col in (("hits", "known_truth_share"), ("tumor_class_hits", "known_truth_tumor_class_share")):
             hits = sum(v[p][key] for v in kt.values())
             per[p][col], per[p][col + "_ci95"] = float(hits / max(n, 1)), wilson_interval(hits, n)
+        for v in kt.values():
+            if "blur" in v.get("shapley", {}):
+                per[p].setdefault("known_truth_shapley_agreement", {})["+".join(v["informative"])] = \
+                    _agreement(v[p]["per_case"], v["shapley"]["blur"]["per_case"], len(v["informative"]))
     baselines = sorted({b for v in kt.values() for b in v.get("shapley", {})})
     flags = {b: [c["hit"] for v in kt.values() for c in v.get("shapley", {}).get(b, {}).get("per_case", [])]
              for b in baselines}
@@ -554,6 +558,20 @@ def summarise(res: dict) -> dict:
         res["known_truth_shapley_ci95"] = {b: rate(flags[b])["ci95"] for b in baselines}
     res["goals"] = {p: _goals(res, p) for p in presets}
     return res
+
+
+def _agreement(lrp_cases, shapley_cases, k: int) -> dict:
+    """Per known-truth case, a preset's shares (Sec. 2.3's M and its tumor-class half) against the exact
+    blurred-baseline Shapley values of the same case: median Spearman rho with its interval, and the rate of
+    cases whose top ``k`` sequences are the Shapley values' top ``k``."""
+    phi = {c["case"]: np.asarray(c["shapley"]) for c in shapley_cases}
+    pairs = [(c, phi[c["case"]]) for c in lrp_cases if c["case"] in phi]
+    top = lambda v: set(np.argsort(-np.asarray(v), kind="stable")[:k].tolist())  # noqa: E731
+    out = {}
+    for key, name in (("shares", "sec23"), ("tumor_class_shares", "tumor_class")):
+        out[name + "_rho"] = median_with_interval([spearman(c[key], f) for c, f in pairs])
+        out[name + "_same_top"] = rate([top(c[key]) == top(f) for c, f in pairs])
+    return out
 
 
 def _goals(res: dict, preset: str) -> list:

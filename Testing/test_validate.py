@@ -275,6 +275,14 @@ def test_known_truth_run_reports_rates_with_intervals_and_per_case_hits(tmp_path
     only_shapley = V.run_validation(str(tmp_path / "b"), model, presets=[], known_truth_shapley=("blur",), **kw)
     assert "shapley" not in only_presets["known_truth"][path] or not only_presets["known_truth"][path]["shapley"]
     merged = V.merge_results([json.loads((tmp_path / d / "validation.json").read_text()) for d in "ab"])
-    assert merged["per_preset"] == json.loads(json.dumps(res["per_preset"]))
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN-safe)
+    assert same(merged["per_preset"], res["per_preset"])
     assert merged["known_truth_shapley"] == {"blur": res["known_truth_shapley"]["blur"]}
-    assert merged["goals"] == json.loads(json.dumps(res["goals"]))
+    assert same(merged["goals"], res["goals"])
+    # each preset against the exact blurred-baseline Shapley values of the same known-truth case
+    agree = merged["per_preset"]["epsilon"]["known_truth_shapley_agreement"]["T1_120s"]
+    case = res["known_truth"][path]["epsilon"]["per_case"][0]
+    phi = res["known_truth"][path]["shapley"]["blur"]["per_case"][0]["shapley"]
+    assert agree["tumor_class_rho"]["median"] == pytest.approx(V.spearman(case["tumor_class_shares"], phi))
+    same = V.informative_ranked_first(phi, [SEQUENCE_KEYS[int(np.argmax(case["shares"]))]])
+    assert agree["sec23_same_top"]["hits"] == int(same) and agree["sec23_same_top"]["cases"] == 1

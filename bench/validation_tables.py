@@ -51,6 +51,28 @@ def known_truth_table(res) -> list[str]:
     return lines
 
 
+def agreement_table(res) -> list[str]:
+    """Known-truth cases: each preset against the exact blurred-baseline Shapley values of the same case."""
+    rows = [(p, res["per_preset"][p]["known_truth_shapley_agreement"]) for p in res["presets"]
+            if "known_truth_shapley_agreement" in res["per_preset"][p]]
+    if not rows:
+        return []
+    models = list(rows[0][1])
+    lines = ["| | " + " | ".join(f"{m}: rho, Sec. 2.3 | {m}: rho, tumor half | {m}: same top sequences, Sec. 2.3 "
+                                 f"| {m}: same, tumor half" for m in models) + " |",
+             "|---|" + "---|---|---|---|" * len(models)]
+    for p, agree in rows:
+        cells = []
+        for m in models:
+            a = agree[m]
+            cells += [_median({"x_median": a["sec23_rho"]["median"], "x_median_ci95": a["sec23_rho"]["ci95"]}, "x"),
+                      _median({"x_median": a["tumor_class_rho"]["median"],
+                               "x_median_ci95": a["tumor_class_rho"]["ci95"]}, "x"),
+                      _pct(a["sec23_same_top"]), _pct(a["tumor_class_same_top"])]
+        lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def bundled_table(res) -> list[str]:
     if not (res.get("shapley") or res.get("randomisation") or res.get("aopc")):
         return []
@@ -83,7 +105,9 @@ def goals_table(res) -> list[str]:
 def main(paths) -> None:
     res = merge_results([json.load(open(p)) for p in paths])
     print(f"# from: {' '.join(paths)}; {'crops ' + str(res['crop']) if res.get('crop') else 'whole volumes'}\n")
-    for title, lines in (("Known truth", known_truth_table(res)), ("Bundled model", bundled_table(res)),
+    for title, lines in (("Known truth", known_truth_table(res)),
+                         ("Known truth: agreement with the exact blurred-baseline Shapley values", agreement_table(res)),
+                         ("Bundled model", bundled_table(res)),
                          ("Goals (value, 95 % interval, met / whole interval meets it)", goals_table(res))):
         if lines:
             print(f"## {title}\n")
