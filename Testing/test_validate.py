@@ -286,3 +286,15 @@ def test_known_truth_run_reports_rates_with_intervals_and_per_case_hits(tmp_path
     assert agree["tumor_class_rho"]["median"] == pytest.approx(V.spearman(case["tumor_class_shares"], phi))
     same = V.informative_ranked_first(phi, [SEQUENCE_KEYS[int(np.argmax(case["shares"]))]])
     assert agree["sec23_same_top"]["hits"] == int(same) and agree["sec23_same_top"]["cases"] == 1
+
+
+def test_readme_tables_are_those_of_the_committed_validation_run(capsys):
+    """The README's whole-volume tables are printed by bench/validation_tables.py from bench/validation_results."""
+    import runpy
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tables = runpy.run_path(os.path.join(root, "bench", "validation_tables.py"))
+    tables["main"]([os.path.join(root, "bench", "validation_results", f"{n}.json") for n in ("KT", "KTS", "S", "R", "A")])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    readme = open(os.path.join(root, "README.md")).read()
+    assert len(rows) >= 4 * 6 and all(row in readme for row in rows)
