@@ -296,5 +296,5 @@ def test_readme_tables_are_those_of_the_committed_validation_run(capsys):
     tables = runpy.run_path(os.path.join(root, "bench", "validation_tables.py"))
     tables["main"]([os.path.join(root, "bench", "validation_results", f"{n}.json") for n in ("KT", "KTS", "S", "R", "A")])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
-    readme = open(os.path.join(root, "README.md")).read()
+    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
     assert len(rows) >= 4 * 6 and all(row in readme for row in rows)

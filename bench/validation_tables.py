@@ -103,7 +103,7 @@ def goals_table(res) -> list[str]:
 
 
 def main(paths) -> None:
-    res = merge_results([json.load(open(p)) for p in paths])
+    res = merge_results([json.load(open(p, encoding="utf-8")) for p in paths])
     print(f"# from: {' '.join(paths)}; {'crops ' + str(res['crop']) if res.get('crop') else 'whole volumes'}\n")
     for title, lines in (("Known truth", known_truth_table(res)),
                          ("Known truth: agreement with the exact blurred-baseline Shapley values", agreement_table(res)),
