@@ -538,7 +538,7 @@ def summarise(res: dict) -> dict:
                     [r[p]["morf"] > r["gradient-x-input"]["morf"] for r in rows])
     kt = res.get("known_truth") or {}
     for p in presets:
-        if not all(p in v for v in kt.values()) or not kt:
+        if not kt or not all(p in v for v in kt.values()):
             continue
         for v in kt.values():
             per[p]["rates"][f"known_truth {'+'.join(v['informative'])}"] = rate([c["hit"] for c in v[p]["per_case"]])

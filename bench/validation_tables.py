@@ -20,11 +20,12 @@ def _pct(r) -> str:
     return f"{r['hits']}/{r['cases']} = {100 * r['share']:.0f} % ({100 * lo:.0f}-{100 * hi:.0f})"
 
 
+def _median_cell(median, ci95) -> str:
+    return f"{median:+.2f} ({ci95[0]:+.2f} to {ci95[1]:+.2f})"
+
+
 def _median(row, col) -> str:
-    if col + "_median" not in row:
-        return ""
-    lo, hi = row[col + "_median_ci95"]
-    return f"{row[col + '_median']:+.2f} ({lo:+.2f} to {hi:+.2f})"
+    return _median_cell(row[col + "_median"], row[col + "_median_ci95"]) if col + "_median" in row else ""
 
 
 def known_truth_table(res) -> list[str]:
@@ -65,9 +66,8 @@ def agreement_table(res) -> list[str]:
         cells = []
         for m in models:
             a = agree[m]
-            cells += [_median({"x_median": a["sec23_rho"]["median"], "x_median_ci95": a["sec23_rho"]["ci95"]}, "x"),
-                      _median({"x_median": a["tumor_class_rho"]["median"],
-                               "x_median_ci95": a["tumor_class_rho"]["ci95"]}, "x"),
+            cells += [_median_cell(a["sec23_rho"]["median"], a["sec23_rho"]["ci95"]),
+                      _median_cell(a["tumor_class_rho"]["median"], a["tumor_class_rho"]["ci95"]),
                       _pct(a["sec23_same_top"]), _pct(a["tumor_class_same_top"])]
         lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
     return lines
