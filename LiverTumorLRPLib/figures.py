@@ -16,7 +16,8 @@ from .sequences import DISPLAY_NAMES
 SEQUENCE_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend unless one was chosen (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -31,7 +32,7 @@ def save_figure(fig, path: str) -> str:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return write_bytes(buf.getvalue(), path)
 
 
@@ -47,7 +48,7 @@ def relevance_cmap():
     """Blue-white-red, with alpha rising from 0 at zero relevance."""
     from matplotlib.colors import LinearSegmentedColormap
 
-    base = _plt().get_cmap("RdBu_r")(np.linspace(0, 1, 256))
+    base = pyplot().get_cmap("RdBu_r")(np.linspace(0, 1, 256))
     base[:, 3] = np.clip(np.abs(np.linspace(-1, 1, 256)) * 2.5, 0, 1)
     return LinearSegmentedColormap.from_list("relevance", base)
 
@@ -65,7 +66,7 @@ def bar_chart(shares: Sequence[float], path: str, title: str = "Sequence relevan
     """Normalised relevance per sequence (sums to 1), optionally with positive/negative mass and, as error
     bars, an interval ``(low, high)`` per sequence (e.g. 2.5/97.5 percentiles over resampled regions B)."""
     names = list(names or DISPLAY_NAMES)[: len(shares)]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     x = np.arange(len(shares))
     ax.bar(x, shares, color=[SEQUENCE_COLOURS[i % len(SEQUENCE_COLOURS)] for i in x], label="net share",
@@ -97,7 +98,7 @@ def most_relevant_slices(maps: np.ndarray, k: int = 3) -> list[int]:
 def overlay_slice(image: np.ndarray, maps: np.ndarray, z: int, path: str, tumor: Optional[np.ndarray] = None,
                   region: Optional[np.ndarray] = None, title: str = "", names: Optional[Sequence[str]] = None) -> str:
     """One axial slice: a panel per sequence (grey, its relevance overlaid, tumor outline) and a colour bar."""
-    plt = _plt()
+    plt = pyplot()
     names = list(names or DISPLAY_NAMES)
     n = maps.shape[0]
     vmax = display_max(maps[:, z])
@@ -124,7 +125,7 @@ def cohort_figure(names: Sequence[str], shares: np.ndarray, path: str,
     """The paper's Fig. 1: one colour per patient (dots joined by lines), the mean as black bars; with ``low``
     and ``high`` (cases x sequences, e.g. 2.5/97.5 percentiles over resampled regions B) each dot gets its
     interval as an error bar."""
-    plt = _plt()
+    plt = pyplot()
     shares = np.asarray(shares, float)
     fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
     x = np.arange(shares.shape[1])

@@ -29,3 +29,10 @@ class Progress:
 
 def as_progress(progress=None, cancel=None) -> Progress:
     return progress if isinstance(progress, Progress) else Progress(progress, cancel)
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as one line for the user: the message alone for bad input (ValueError, FileNotFoundError),
+    else prefixed by the exception type."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {text}"

@@ -671,7 +671,7 @@ PRESET_COLUMNS = ("known_truth_share", "known_truth_tumor_class_share", "shapley
 
 def _write_tables_and_figures(out: str, res: dict) -> None:
     from .case_io import write_text
-    from .figures import _plt, png_data_uri, save_figure
+    from .figures import png_data_uri, pyplot, save_figure
 
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -696,7 +696,7 @@ def _write_tables_and_figures(out: str, res: dict) -> None:
     w.writerows([p, name, r["hits"], r["cases"], f"{r['share']:.3f}", *(f"{v:.3f}" for v in r["ci95"])]
                 for p, name, r in rates)
     write_text(buf.getvalue(), os.path.join(out, "rates.csv"))
-    plt = _plt()
+    plt = pyplot()
     figs = []
 
     def figure(title, name, xlabel, ylabel, draw):
