@@ -1,6 +1,3 @@
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+"""The tests import the library as installed (``pip install -e ".[test]"``, see scripts/setup.sh) and their
+helper modules (lrp_models, pipeline_fixtures) from this folder, which pytest's default ``prepend`` import
+mode puts on the path: no path patching here."""

@@ -1,6 +1,5 @@
 """slicer_logic with the real Slicer core (slicer-core): scene, nodes, logics; tiny volumes and a tiny u-net."""
 import os
-import sys
 import types
 
 import numpy as np
@@ -261,11 +260,11 @@ def test_blocking_job_progress_cancel_and_failure(scene, volumes, model):
 def test_bench_batch_script(tmp_path, case, model):
     from LiverTumorLRPLib.phantom import write_case
 
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    try:
-        import slicer_batch
-    finally:
-        sys.path.remove(os.path.join(ROOT, "bench"))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("slicer_batch", os.path.join(ROOT, "scripts", "slicer_batch.py"))
+    slicer_batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(slicer_batch)
     case_dir = write_case(case, str(tmp_path / "case"))
     model_path = save_model(model, tmp_path / "tiny.safetensors")
     out = tmp_path / "out"

@@ -289,12 +289,12 @@ def test_known_truth_run_reports_rates_with_intervals_and_per_case_hits(tmp_path
 
 
 def test_readme_tables_are_those_of_the_committed_validation_run(capsys):
-    """The README's whole-volume tables are printed by bench/validation_tables.py from bench/validation_results."""
+    """The README's whole-volume tables are printed by scripts/validation_tables.py from docs/validation_results."""
     import runpy
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    tables = runpy.run_path(os.path.join(root, "bench", "validation_tables.py"))
-    tables["main"]([os.path.join(root, "bench", "validation_results", f"{n}.json") for n in ("KT", "KTS", "S", "R", "A")])
+    tables = runpy.run_path(os.path.join(root, "scripts", "validation_tables.py"))
+    tables["main"]([os.path.join(root, "docs", "validation_results", f"{n}.json") for n in ("KT", "KTS", "S", "R", "A")])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
     readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
     assert len(rows) >= 4 * 6 and all(row in readme for row in rows)

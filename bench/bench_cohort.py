@@ -14,10 +14,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from LiverTumorLRPLib.cohort import local_cluster, run_cohort  # noqa: E402
-from LiverTumorLRPLib.phantom import generate_case, write_case  # noqa: E402
+from LiverTumorLRPLib.cohort import local_cluster, run_cohort
+from LiverTumorLRPLib.phantom import generate_case, write_case
 
 
 def main() -> int:

@@ -22,7 +22,9 @@ import warnings
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from LiverTumorLRPLib import explain
+from LiverTumorLRPLib.lrp import LRP
+from LiverTumorLRPLib.model_info import ModelInfo
 
 
 def peak_memory(fn, device) -> float:
@@ -44,9 +46,7 @@ def peak_memory(fn, device) -> float:
         current += e.self_cpu_memory_usage
         peak = max(peak, current)
     return peak / 2**20
-from LiverTumorLRPLib import explain  # noqa: E402
-from LiverTumorLRPLib.lrp import LRP  # noqa: E402
-from LiverTumorLRPLib.model_info import ModelInfo  # noqa: E402
+
 
 STRIDES = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
 

@@ -1,7 +1,7 @@
 """Sec. 2.3 over K resampled background regions B and the exact expectation (issue 15), on one whole phantom
 volume with the bundled model; with ``--compare``, also the wall time of K separate Sec. 2.3 runs, side by side.
 
-    PYTHONPATH=. python bench/bench_sequence_interval.py [--resamples 10] [--seed 200000] [--compare]
+    .venv/bin/python bench/bench_sequence_interval.py [--resamples 10] [--seed 200000] [--compare]
 """
 from __future__ import annotations
 

@@ -20,11 +20,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def run(args, threads):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(threads), "MPLBACKEND": "Agg"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MPLBACKEND": "Agg"}
     t0 = time.perf_counter()
     pid = subprocess.Popen([sys.executable, "-m", "LiverTumorLRPLib", *args], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -42,7 +40,6 @@ def main():
     p.add_argument("--keep", default=None, help="folder for the case and outputs (default: a temporary one)")
     p.add_argument("--large", action="store_true", help="also a 96 x 400 x 340 case that needs eight windows")
     a = p.parse_args()
-    sys.path.insert(0, ROOT)
 
     work = a.keep or tempfile.mkdtemp(prefix="bench_volume_")
     for shape in [(72, 320, 260)] + ([(96, 400, 340)] if a.large else []):

@@ -17,13 +17,23 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Testing"))
-sys.path.insert(0, ROOT)
+
+
+def _test_web():
+    """Testing/test_web.py (its browser helpers), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("test_web", os.path.join(ROOT, "Testing", "test_web.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main():
     from playwright.sync_api import sync_playwright
-    from test_web import CHROMIUM_ARGS, load_phantom, run_job
+
+    test_web = _test_web()
+    CHROMIUM_ARGS, load_phantom, run_job = test_web.CHROMIUM_ARGS, test_web.load_phantom, test_web.run_job
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--shot", default=None)
@@ -33,7 +43,7 @@ def main():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     tmp = tempfile.mkdtemp()
-    env = dict(os.environ, PYTHONPATH=ROOT, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
+    env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "LiverTumorLRPLib", "web", "--port", str(port),
                              "--phantom-shape", *map(str, args.shape), "--output", os.path.join(tmp, "out")],

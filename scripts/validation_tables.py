@@ -5,7 +5,7 @@ checks, the known-truth presets and the known-truth Shapley values, each run apa
 ``validate.merge_results`` and summarised once; every rate has its 95 % Wilson interval, every median its
 distribution-free 95 % interval, the AOPC difference its paired t-interval.
 
-    .venv/bin/python bench/validation_tables.py OUT_A/validation.json [OUT_B/validation.json ...]
+    .venv/bin/python scripts/validation_tables.py OUT_A/validation.json [OUT_B/validation.json ...]
 """
 from __future__ import annotations
 

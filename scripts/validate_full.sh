@@ -5,7 +5,7 @@
 # from it.  All presets, the reference-based `reference-blur` included.
 # Cost on 2 CPU cores: two 29-minute trainings, then about 10 hours of validation (the runs below can run side
 # by side, one thread each: OMP_NUM_THREADS=1) -- run it on a GPU (DEVICE=cuda) or a many-core machine.
-#   bash bench/validate_full.sh [OUT]        (default OUT: validation_out; DEVICE=cpu|cuda, default cpu)
+#   bash scripts/validate_full.sh [OUT]        (default OUT: validation_out; DEVICE=cpu|cuda, default cpu)
 # Fast mode for development only: add `--crop 24 64 64` to the validate commands (numbers then describe crops).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +41,4 @@ $LRP validate --out "$OUT/known_truth" --checks known-truth --known-truth-cases 
 $LRP validate --out "$OUT/kt_shapley" --checks known-truth --known-truth-cases 30 --presets --known-truth-shapley blur \
     --known-truth "$OUT/kt_T1_120s/model.safetensors" "$OUT/kt_T2_T1_20s/model.safetensors" --device "$DEVICE"
 # 4. the README's tables and the five goals per preset, from all the runs merged
-.venv/bin/python bench/validation_tables.py "$OUT"/{bundled_shapley,bundled_rand,bundled_aopc,known_truth,kt_shapley}/validation.json
+.venv/bin/python scripts/validation_tables.py "$OUT"/{bundled_shapley,bundled_rand,bundled_aopc,known_truth,kt_shapley}/validation.json

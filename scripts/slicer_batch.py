@@ -1,7 +1,10 @@
 """Headless batch run through the Slicer module's worker jobs: segment + sequence relevance of one case.
 
-In Slicer:   Slicer --no-splash --no-main-window --python-script bench/slicer_batch.py -- CASE_DIR OUT_DIR
-Headless:    .venv/bin/python bench/slicer_batch.py CASE_DIR OUT_DIR          (slicer-core from PyPI)
+In Slicer:   Slicer --no-splash --no-main-window --python-script scripts/slicer_batch.py -- CASE_DIR OUT_DIR
+Headless:    .venv/bin/python scripts/slicer_batch.py CASE_DIR OUT_DIR        (slicer-core from PyPI)
+
+In Slicer the extension's module has put its bundled LiverTumorLRPLib on the path (from a source checkout:
+add ``--additional-module-paths LiverTumorLRP``); headless, the library is the installed (editable) package.
 
 CASE_DIR holds the six sequences (see LiverTumorLRPLib.case_io).  OUT_DIR receives
 ``tumor_probability.nii.gz``, ``tumor_label.nii.gz``, ``relevance_<KEY>.nii.gz`` for each sequence
@@ -14,10 +17,6 @@ import argparse
 import os
 import sys
 import traceback
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def parse_args(argv):

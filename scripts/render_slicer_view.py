@@ -1,6 +1,6 @@
 """Regenerate the README picture: a Slicer slice view of a phantom case explained by the bundled model.
 
-    .venv/bin/python bench/render_slicer_view.py                      # writes docs/slicer_view.png
+    .venv/bin/python scripts/render_slicer_view.py                    # writes docs/slicer_view.png
 
 Headless with the real Slicer core (slicer-core from PyPI): phantom case -> segment -> sequence relevance ->
 :func:`render_slice_view` (Slicer's slice pipeline: the sequence as background, its relevance as foreground,
@@ -15,9 +15,7 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # for the default --out only
 
 
 def main(argv=None) -> int:
