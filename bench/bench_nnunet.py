@@ -14,8 +14,6 @@ number of modified forward passes and its time in LRP passes.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 import warnings
 

@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# pyflakes and the complexity limit (config: [tool.ruff] in pyproject.toml)
+.venv/bin/ruff check .
 export MPLBACKEND=Agg
 .venv/bin/python -m pytest -q -p no:cacheprovider Testing "$@"
