@@ -1,6 +1,6 @@
-"""Static checks of the Slicer module: .ui widgets and bindings, module classes, CMake lists (no Qt needed)."""
+"""Static checks of the Slicer module: .ui widgets and bindings, module classes (no Qt needed; packaging: see
+test_packaging.py)."""
 import ast
-import glob
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -10,7 +10,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(ROOT, "LiverTumorLRP", "LiverTumorLRP.py")
 UI = os.path.join(ROOT, "LiverTumorLRP", "Resources", "UI", "LiverTumorLRP.ui")
-CMAKE = os.path.join(ROOT, "LiverTumorLRP", "CMakeLists.txt")
 WIDGET_CLASS = re.compile(r"^(Q[A-Z]\w+|ctk[A-Z]\w+|qMRML\w+|qSlicer\w+)$")
 
 
@@ -118,52 +117,3 @@ def test_preset_names_match_the_library(tree):
     value = next(n.value for n in tree.body if isinstance(n, ast.Assign)
                  and any(isinstance(t, ast.Name) and t.id == "PRESET_NAMES" for t in n.targets))
     assert ast.literal_eval(value) == list(PRESETS)
-
-
-def test_cmake_lists_every_library_file():
-    text = open(CMAKE).read()
-    listed = sorted(set(re.findall(r"LiverTumorLRPLib/[\w/]+\.py", text)))
-    on_disk = sorted(os.path.relpath(p, ROOT).replace(os.sep, "/")
-                     for sub in ("", "mrml") for p in glob.glob(os.path.join(ROOT, "LiverTumorLRPLib", sub, "*.py")))
-    assert listed == on_disk
-    assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
-    assert re.search(r"slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text)
-    assert "Resources/UI/${MODULE_NAME}.ui" in text and "Resources/Icons/${MODULE_NAME}.png" in text
-
-
-def test_extension_cmake_and_icons():
-    text = open(os.path.join(ROOT, "CMakeLists.txt")).read()
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "find_package(Slicer REQUIRED)",
-                "include(${Slicer_USE_FILE})", "add_subdirectory(LiverTumorLRP)",
-                "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
-        assert key in text, key
-    import matplotlib.image
-
-    assert matplotlib.image.imread(os.path.join(ROOT, "LiverTumorLRP.png")).shape[:2] == (128, 128)
-    assert os.path.exists(os.path.join(ROOT, "LiverTumorLRP", "Resources", "Icons", "LiverTumorLRP.png"))
-
-
-def test_extension_metadata_conventions():
-    text = open(os.path.join(ROOT, "CMakeLists.txt")).read()
-    version = re.search(r"cmake_minimum_required\(VERSION (\d+\.\d+\.\d+)", text).group(1)
-    assert tuple(map(int, version.split("."))) >= (3, 20, 6)        # Slicer 5.10's SlicerConfig enforces it
-    urls = dict(re.findall(r'set\((EXTENSION_\w+URLS?) "([^"]+)"\)', text))
-    assert set(urls) == {"EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"}
-    for url in urls.values():                                       # raw.githubusercontent.com/<o>/<r>/main/<path>
-        path = url.split("/main/", 1)[1]
-        assert os.path.isfile(os.path.join(ROOT, path)), url
-    homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', text).group(1)
-    module = open(MODULE).read()
-    assert homepage.startswith("https://") and homepage in module    # helpText links the same README
-    assert "placeholder" not in module.lower() and 'href="https://github.com/"' not in module
-    if "PyTorchUtils" in module:
-        assert re.search(r'set\(EXTENSION_DEPENDS "[^"]*PyTorch[^"]*"\)', text)
-
-
-def test_pyproject_packages_every_subpackage():
-    text = open(os.path.join(ROOT, "pyproject.toml")).read()
-    listed = set(re.findall(r'"(LiverTumorLRPLib[\w.]*)"', re.search(r"^packages = \[(.*)\]", text, re.M).group(1)))
-    on_disk = {os.path.relpath(os.path.dirname(p), ROOT).replace(os.sep, ".")
-               for p in glob.glob(os.path.join(ROOT, "LiverTumorLRPLib", "**", "__init__.py"), recursive=True)}
-    assert on_disk <= listed, f"add {sorted(on_disk - listed)} to [tool.setuptools] packages"
