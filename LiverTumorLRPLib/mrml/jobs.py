@@ -23,7 +23,7 @@ import numpy as np
 import slicer
 
 from ..sequences import CLASS_NAMES, SEQUENCE_KEYS
-from ..worker import JOB_FILE, WorkerProcess
+from ..worker import JOB_FILE, JOB_PREFIX, WorkerProcess, remove_folder
 from .inputs import Inputs, Region, _region_array, stack_inputs
 from .nodes import write_relevance, write_segmentation
 from .scene import _scene, sitk_image
@@ -117,7 +117,9 @@ class WorkerJob:
             self.name = self.name or f"Relevance of {label} for {CLASS_NAMES[class_index(self.cls)]}"
         self.region_label = label
         self.name = self.name or {"segment": "Liver tumor", "sequence relevance": "Sequence relevance"}.get(self.task)
-        self.job_dir = tempfile.mkdtemp(prefix="LiverTumorLRP-", dir=self.temp_dir)
+        if self.temp_dir is not None:
+            os.makedirs(self.temp_dir, exist_ok=True)
+        self.job_dir = tempfile.mkdtemp(prefix=JOB_PREFIX, dir=self.temp_dir)
         try:
             folder = os.path.join(self.job_dir, "input")
             for key, array in zip(SEQUENCE_KEYS, stacked.image):
@@ -215,9 +217,7 @@ class WorkerJob:
             self.scene.RemoveObserver(self._observer)
             self._observer = None
         if self.job_dir is not None:
-            import shutil
-
-            shutil.rmtree(self.job_dir, ignore_errors=True)
+            remove_folder(self.job_dir)
 
     def take_messages(self) -> list:
         """Log lines since the last call."""
@@ -256,21 +256,24 @@ class WorkerJob:
 
 
 def segment_job(inputs=None, model="bundled", device="auto", threshold: float = 0.5, name: str = "Liver tumor",
-                python=None, scene=None) -> WorkerJob:
-    """A :class:`WorkerJob` for :func:`pipeline.segment_case` (not started)."""
-    return WorkerJob("segment", inputs, model, device, threshold=threshold, name=name, python=python, scene=scene)
+                python=None, scene=None, temp_dir: Optional[str] = None) -> WorkerJob:
+    """A :class:`WorkerJob` for :func:`pipeline.segment_case` (not started); its job folder goes into
+    ``temp_dir`` (inside Slicer: ``slicer.app.temporaryPath``; default: the system's temporary folder)."""
+    return WorkerJob("segment", inputs, model, device, threshold=threshold, name=name, python=python, scene=scene,
+                     temp_dir=temp_dir)
 
 
 def explain_region_job(inputs=None, model="bundled", region="predicted tumor", cls="tumor", preset="recommended",
-                       device="auto", name: Optional[str] = None, python=None, scene=None) -> WorkerJob:
+                       device="auto", name: Optional[str] = None, python=None, scene=None,
+                       temp_dir: Optional[str] = None) -> WorkerJob:
     """A :class:`WorkerJob` for :func:`pipeline.explain_case` (Eq. 2 relevance of a region; not started)."""
     return WorkerJob("explain", inputs, model, device, region=region, cls=cls, preset=preset, name=name,
-                     python=python, scene=scene)
+                     python=python, scene=scene, temp_dir=temp_dir)
 
 
 def analyze_sequences_job(inputs=None, model="bundled", preset="recommended", device="auto", seed: int = 0,
                           name: str = "Sequence relevance", max_voxels: Optional[int] = None, python=None,
-                          scene=None) -> WorkerJob:
+                          scene=None, temp_dir: Optional[str] = None) -> WorkerJob:
     """A :class:`WorkerJob` for :func:`pipeline.analyze_case` (Sec. 2.3 sequence relevance; not started)."""
     return WorkerJob("sequence relevance", inputs, model, device, preset=preset, seed=seed, name=name,
-                     max_voxels=max_voxels, python=python, scene=scene)
+                     max_voxels=max_voxels, python=python, scene=scene, temp_dir=temp_dir)
