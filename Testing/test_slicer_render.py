@@ -172,3 +172,133 @@ def test_render_after_segment_and_analyze(phantom, tmp_path):
     assert np.all(np.abs(rgb - OUTLINE) <= 2, axis=-1).sum() > 5          # the predicted tumor's outline
     coloured = np.abs(rgb[..., 0] - rgb[..., 2]) > 30
     assert coloured.sum() > 20                                          # relevance overlay visible
+
+
+# ---- the relevance colour table and Slicer's colour legend ------------------------------------------------------
+def vtk_messages():
+    """Capture VTK's error and warning output (vtkOutputWindow) from now on."""
+    window = vtk.vtkStringOutputWindow()
+    vtk.vtkOutputWindow.SetInstance(window)
+    return window
+
+
+def test_relevance_color_table_without_deprecated_calls():
+    """No SetNamesInitialised (a VTK error on Slicer 5.10+): colours set by value, no names, no VTK message."""
+    import inspect
+    import re
+
+    from LiverTumorLRPLib.mrml import nodes
+
+    assert not re.search(r"\.(Set)?NamesInitialised(On|Off)?\(", inspect.getsource(nodes))      # no call left
+    with sl.headless_scene() as hs:
+        messages = vtk_messages()
+        try:
+            table = sl.relevance_color_table(hs.scene)
+            assert sl.relevance_color_table(hs.scene) is table                     # created once
+            output = messages.GetOutput()
+        finally:
+            vtk.vtkOutputWindow.SetInstance(None)
+        assert output == "", output
+        n = table.GetNumberOfColors()
+        rgba = np.array([table.GetLookupTable().GetTableValue(i) for i in range(n)])
+        assert n == 256 and rgba[n // 2, 3] == 0.0 and rgba[0, 3] == rgba[-1, 3] == 1.0
+        assert rgba[-1, 0] > rgba[-1, 2] + 0.5 and rgba[0, 2] > rgba[0, 0] + 0.5            # red top, blue bottom
+        assert table.GetColorName(n - 1) == ""
+
+
+def test_relevance_legends_on_real_mrml(phantom):
+    """One Slicer colour legend per relevance map (Colors logic), following its display node; made once."""
+    from LiverTumorLRPLib.mrml.nodes import LEGEND_LABEL_FORMAT, relevance_legend, relevance_legends
+
+    scene, nodes, _ = phantom
+    maps = np.zeros((6,) + SHAPE, np.float32)
+    maps[2][(slice(None),) + POSITIVE] = 1.0
+    result = sl.write_relevance(maps, sl.stack_inputs(), "Known")
+    legends = relevance_legends(result.volumes)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 6
+    for key, legend in legends.items():
+        volume = result.volumes[key]
+        assert legend.IsA("vtkMRMLColorLegendDisplayNode")
+        assert slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(volume) is legend
+        assert legend.GetPrimaryDisplayNode() is volume.GetDisplayNode()
+        assert volume.GetDisplayNode().GetColorNodeID() == sl.relevance_color_table(scene).GetID()
+        assert legend.GetTitleText().startswith("Relevance (") and legend.GetLabelFormat() == LEGEND_LABEL_FORMAT
+        assert legend.GetVisibility() and legend.GetVisibility2D() and not legend.GetVisibility3D()
+        assert not legend.GetUseColorNamesForLabels()
+    assert legends["T1_20s"].GetTitleText() == "Relevance (T1 20 s)"
+    assert relevance_legend(result.volumes["T2"]) is legends["T2"]                  # not a second one
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 6
+
+
+LEGEND_SCRIPT = r"""
+import json, os, sys
+import numpy as np, vtk
+from vtk.util.numpy_support import vtk_to_numpy
+from trame_slicer.core import SlicerApp
+from trame_slicer.views import ViewLayoutDefinition
+from trame_slicer.views.direct_view_factory import DirectViewFactory
+import slicer
+from LiverTumorLRPLib import slicer_logic as sl
+from LiverTumorLRPLib.mrml.nodes import relevance_legends
+
+app = SlicerApp()
+slicer.mrmlScene = app.scene
+app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))
+view = app.view_manager.create_view(ViewLayoutDefinition.axial_view())
+nodes = sl.add_phantom_case(0, shape=(16, 48, 48), scene=app.scene)
+app.scene.RemoveNode(app.scene.GetFirstNodeByName("Phantom reference"))
+maps = np.zeros((6, 16, 48, 48), np.float32)
+maps[2][:, 30:38, 8:16] = 1.0
+maps[2][:, 30:38, 28:36] = -0.5
+result = sl.write_relevance(maps, sl.stack_inputs(scene=app.scene), "Known", scene=app.scene)
+
+composite = app.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+
+def grab(foreground):
+    view.render_window().SetSize(400, 300)
+    view.set_background_volume_id(nodes["T1_20s"].GetID())
+    # as Slicer's slice controller changes a layer (the legends follow layer changes flagged as interactions)
+    composite.SetInteractionFlags(slicer.vtkMRMLSliceCompositeNode.ForegroundVolumeFlag)
+    view.set_foreground_volume_id(foreground.GetID() if foreground is not None else None)
+    composite.SetInteractionFlags(0)
+    view.fit_view_to_content()
+    view.render()
+    w2i = vtk.vtkWindowToImageFilter()
+    w2i.SetInput(view.render_window())
+    w2i.ReadFrontBufferOff()
+    w2i.Update()
+    image = w2i.GetOutput()
+    w, h, _ = image.GetDimensions()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3]
+
+shown = result.volumes["T1_20s"]
+before = grab(shown)
+relevance_legends(result.volumes)
+np.savez(sys.argv[1], before=before, after=grab(shown), hidden=grab(None))
+"""
+
+
+def test_color_legend_drawn_in_slice_view(tmp_path):
+    """Slicer's own slice view (its displayable managers, as trame-slicer sets them up), rendered offscreen: the
+    legend appears beside the shown relevance -- red at the top, blue at the bottom -- and not without it."""
+    pytest.importorskip("trame_slicer")
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "views.npz"
+    env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
+    p = subprocess.run([sys.executable, "-c", LEGEND_SCRIPT, str(out)], capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    views = np.load(out)
+    before, after, hidden = (views[k].astype(int) for k in ("before", "after", "hidden"))
+    changed = np.abs(after - before).sum(-1) > 30
+    rows, cols = np.nonzero(changed)
+    assert changed.sum() > 500 and cols.min() > 150 and (cols > 300).sum() > 300   # title and bar on the right
+    bar = after[:, cols.max() - 12:cols.max() + 1]
+    red = (bar[..., 0] > bar[..., 2] + 80) & (bar[..., 0] > 120)
+    blue = (bar[..., 2] > bar[..., 0] + 80) & (bar[..., 2] > 120)
+    assert red.sum() > 20 and blue.sum() > 20
+    assert np.nonzero(red)[0].mean() < np.nonzero(blue)[0].mean()              # red above blue
+    assert (np.abs(hidden - before).sum(-1)[changed] > 30).sum() < 20          # no relevance shown: no legend

@@ -99,7 +99,10 @@ class ExplanationResult:
 
 
 def relevance_color_table(scene=None):
-    """The project's signed diverging color table (blue-white-red, transparent near zero), created once."""
+    """The project's signed diverging color table (blue-white-red, transparent near zero), created once.
+
+    Colours without names (a continuous table; its legend shows values): ``SetColor(i, r, g, b, a)``, which
+    needs no ``SetNamesInitialised`` (deprecated, and a VTK error on Slicer 5.10+)."""
     scene = _scene(scene)
     node = scene.GetFirstNodeByName(COLOR_TABLE_NAME)
     if node is not None:
@@ -116,9 +119,52 @@ def relevance_color_table(scene=None):
         end = red if t > 0 else blue
         rgb = (1 - abs(t)) * np.ones(3) + abs(t) * end
         alpha = float(np.clip((abs(t) - 0.05) / 0.25, 0.0, 1.0))
-        node.SetColor(i, "", *(float(c) for c in rgb), alpha)
-    node.SetNamesInitialised(True)
+        node.SetColor(i, *(float(c) for c in rgb), alpha)
     return node
+
+
+LEGEND_TITLE = "Relevance"
+LEGEND_LABEL_FORMAT = "%.2g"        # relevance is often far below 1 (Slicer's default "%.1f" would show 0.0)
+
+
+def _color_logic():
+    """Slicer's Colors module logic (``slicer.modules.colors``) when registered, else its class: the colour
+    legend methods are static."""
+    colors = getattr(getattr(slicer, "modules", None), "colors", None)
+    return colors.logic() if colors is not None else slicer.vtkSlicerColorLogic
+
+
+def relevance_legend(volume_node, title: str = LEGEND_TITLE):
+    """Slicer's colour legend (``vtkMRMLColorLegendDisplayNode``) of a relevance volume, added once.
+
+    Made by the Colors logic (``AddDefaultColorLegendDisplayNode``) as Slicer's Colors module does; it follows
+    the volume's colour table and window, and Slicer draws it in every slice view that shows the volume (as
+    foreground or background), not in the 3D view.  Values as labels (not colour names), ``title`` on top."""
+    logic = _color_logic()
+    scene = volume_node.GetScene()
+    if scene is not None and not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())  # a scene without the Colors logic
+    legend = logic.GetColorLegendDisplayNode(volume_node) or logic.AddDefaultColorLegendDisplayNode(volume_node)
+    if legend is None:
+        raise RuntimeError(f"could not add a colour legend to {volume_node.GetName()!r}")
+    legend.SetTitleText(title)
+    legend.SetUseColorNamesForLabels(False)
+    legend.SetLabelFormat(LEGEND_LABEL_FORMAT)
+    legend.SetNumberOfLabels(5)
+    legend.SetVisibility(True)
+    legend.SetVisibility2D(True)
+    legend.SetVisibility3D(False)
+    legend.SetAttribute("LiverTumorLRP.Output", "legend")
+    return legend
+
+
+def relevance_legends(volumes: dict, display_names=None) -> dict:
+    """:func:`relevance_legend` for each relevance volume (sequence key -> node) of a result, titled
+    "Relevance (<sequence>)" (``display_names``: one per volume, default the sequences' names); key -> legend
+    node.  Only the volume shown in a view has its legend drawn there."""
+    names = dict(zip(SEQUENCE_KEYS, DISPLAY_NAMES))
+    names.update(zip(volumes, display_names or ()))
+    return {key: relevance_legend(node, f"{LEGEND_TITLE} ({names.get(key, key)})") for key, node in volumes.items()}
 
 
 def _sh_place(sh, folder: int, node) -> None:
