@@ -133,6 +133,63 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return vtk_to_numpy(writer.GetResult()).tobytes()
 
 
+def _override_display(relevance_node, color_node, value_range):
+    """Give the relevance display node this picture's colour table and window; (display node, its previous
+    settings to restore, colour node, value range); without a relevance node nothing changes."""
+    if relevance_node is None:
+        return None, None, color_node, value_range
+    if relevance_node.GetDisplayNode() is None:
+        relevance_node.CreateDefaultDisplayNodes()
+    disp = relevance_node.GetDisplayNode()
+    saved = (disp.GetColorNodeID(), disp.GetAutoWindowLevel(), disp.GetWindowLevelMin(), disp.GetWindowLevelMax())
+    if color_node is not None:
+        disp.SetAndObserveColorNodeID(color_node.GetID())
+    if value_range is not None:
+        disp.AutoWindowLevelOff()
+        disp.SetWindowLevelMinMax(*(float(v) for v in value_range))
+    return disp, saved, disp.GetColorNode(), (float(disp.GetWindowLevelMin()), float(disp.GetWindowLevelMax()))
+
+
+def _restore_display(disp, saved) -> None:
+    if saved is not None:
+        disp.SetAndObserveColorNodeID(saved[0])
+        disp.SetWindowLevelMinMax(saved[2], saved[3])
+        disp.SetAutoWindowLevel(saved[1])
+
+
+def _slice_logic(scene, background_node, relevance_node, labelmap, orientation: str, width: int, height: int,
+                 opacity: float):
+    """A temporary slice logic composing background, relevance foreground and the outlined label layer."""
+    logic = slicer.vtkMRMLSliceLogic()
+    app = getattr(slicer, "app", None)
+    if app is not None:
+        logic.SetMRMLApplicationLogic(app.applicationLogic())
+    logic.SetMRMLScene(scene)
+    slice_node = logic.AddSliceNode(scene.GenerateUniqueName("LiverTumorLRP render"))
+    composite = logic.GetSliceCompositeNode()
+    composite.SetBackgroundVolumeID(background_node.GetID())
+    composite.SetForegroundVolumeID(relevance_node.GetID() if relevance_node is not None else None)
+    composite.SetForegroundOpacity(opacity)
+    composite.SetLabelVolumeID(labelmap.GetID() if labelmap is not None else None)
+    composite.SetLabelOpacity(1.0)
+    slice_node.SetUseLabelOutline(True)
+    slice_node.SetOrientation(orientation)
+    slice_node.SetDimensions(width, height, 1)
+    logic.FitSliceToAll()
+    return logic, slice_node
+
+
+def _go_to_slice(logic, slice_node, offset: Optional[float], labelmap, relevance_node) -> None:
+    """The slice at ``offset``, else through the tumor's (or the most relevant voxels') centre, on a voxel."""
+    if offset is not None:
+        logic.SetSliceOffset(float(offset))
+        return
+    focus = _focus_ras(labelmap, relevance_node)
+    if focus is not None:
+        slice_node.JumpSliceByOffsetting(*focus)
+        logic.SnapSliceOffsetToIJK()
+
+
 def render_slice_view(background_node, relevance_node=None, path=None, segmentation_node=None, color_node=None,
                       orientation: str = "Axial", offset: Optional[float] = None, size=(512, 512),
                       opacity: float = 0.6, segment_id: Optional[str] = None, value_range=None) -> SliceView:
@@ -155,49 +212,15 @@ def render_slice_view(background_node, relevance_node=None, path=None, segmentat
     legend_w = max(64, width // 7) if relevance_node is not None else 0
     if width - legend_w < 16 or height < 64:
         raise ValueError(f"size {width}x{height} is too small for a slice view")
-    disp = saved = None
-    if relevance_node is not None:
-        if relevance_node.GetDisplayNode() is None:
-            relevance_node.CreateDefaultDisplayNodes()
-        disp = relevance_node.GetDisplayNode()
-        saved = (disp.GetColorNodeID(), disp.GetAutoWindowLevel(), disp.GetWindowLevelMin(),
-                 disp.GetWindowLevelMax())
     first_new = scene.GetNumberOfNodes()
-    labelmap = logic = None
+    disp = saved = logic = None
     try:
-        if color_node is not None:
-            disp.SetAndObserveColorNodeID(color_node.GetID())
-        if value_range is not None:
-            disp.AutoWindowLevelOff()
-            disp.SetWindowLevelMinMax(*(float(v) for v in value_range))
-        if disp is not None:
-            color_node = disp.GetColorNode()
-            value_range = (float(disp.GetWindowLevelMin()), float(disp.GetWindowLevelMax()))
-        if segmentation_node is not None:
-            labelmap = _outline_labelmap(segmentation_node, segment_id, background_node)
-        logic = slicer.vtkMRMLSliceLogic()
-        app = getattr(slicer, "app", None)
-        if app is not None:
-            logic.SetMRMLApplicationLogic(app.applicationLogic())
-        logic.SetMRMLScene(scene)
-        slice_node = logic.AddSliceNode(scene.GenerateUniqueName("LiverTumorLRP render"))
-        composite = logic.GetSliceCompositeNode()
-        composite.SetBackgroundVolumeID(background_node.GetID())
-        composite.SetForegroundVolumeID(relevance_node.GetID() if relevance_node is not None else None)
-        composite.SetForegroundOpacity(opacity)
-        composite.SetLabelVolumeID(labelmap.GetID() if labelmap is not None else None)
-        composite.SetLabelOpacity(1.0)
-        slice_node.SetUseLabelOutline(True)
-        slice_node.SetOrientation(orientation)
-        slice_node.SetDimensions(width - legend_w, height, 1)
-        logic.FitSliceToAll()
-        if offset is not None:
-            logic.SetSliceOffset(float(offset))
-        else:
-            focus = _focus_ras(labelmap, relevance_node)
-            if focus is not None:
-                slice_node.JumpSliceByOffsetting(*focus)
-                logic.SnapSliceOffsetToIJK()
+        disp, saved, color_node, value_range = _override_display(relevance_node, color_node, value_range)
+        labelmap = (_outline_labelmap(segmentation_node, segment_id, background_node)
+                    if segmentation_node is not None else None)
+        logic, slice_node = _slice_logic(scene, background_node, relevance_node, labelmap, orientation,
+                                         width - legend_w, height, opacity)
+        _go_to_slice(logic, slice_node, offset, labelmap, relevance_node)
         producer = logic.GetImageDataConnection().GetProducer()
         producer.Update()
         view = _image_rgb(producer.GetOutputDataObject(0))
@@ -209,10 +232,7 @@ def render_slice_view(background_node, relevance_node=None, path=None, segmentat
             logic.SetMRMLScene(None)
         for node in [scene.GetNthNode(i) for i in range(first_new, scene.GetNumberOfNodes())][::-1]:
             scene.RemoveNode(node)
-        if saved is not None:
-            disp.SetAndObserveColorNodeID(saved[0])
-            disp.SetWindowLevelMinMax(saved[2], saved[3])
-            disp.SetAutoWindowLevel(saved[1])
+        _restore_display(disp, saved)
     picture, box = view, (0, 0, 0, 0)
     if relevance_node is not None:
         panel, (r0, r1, c0, c1) = _legend(color_node, value_range, legend_w, height)
