@@ -21,7 +21,7 @@ _LAZY = {
     "UNet3D": "unet",
     "UNetConfig": "unet",
     "load_model": "models",
-    "save_model": "unet",
+    "save_model": "models",
 }
 
 

@@ -22,14 +22,15 @@ import html
 import io
 import json
 import os
-import threading
-import traceback
 from typing import Optional
 
 import numpy as np
 
-from .case_io import find_cases, read_case, write_json, write_text
+from .case_io import find_cases, write_json, write_text
 from .commands import add_model_options, model_spec
+from .models import cached_model
+from .progress import one_line
+from .report import html_page
 from .presets import PRESETS
 from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
 
@@ -78,59 +79,6 @@ def effective_workers(requested: int, memory_per_case: float) -> int:
     return n
 
 
-def explain_components(case, net, segmentation: np.ndarray, out: str, preset, device, max_components: int,
-                       patch_size=None) -> list[dict]:
-    """Tumor-class Eq. 2 relevance of the largest true-positive and false-negative label components."""
-    from scipy import ndimage
-
-    from .explain import region_relevance
-    from .figures import most_relevant_slices, overlay_slice
-
-    comps, n = ndimage.label(case.label > 0)
-    sizes = ndimage.sum(np.ones_like(comps), comps, index=np.arange(1, n + 1))
-    found = {"true positive": [], "false negative": []}
-    for idx in np.argsort(sizes)[::-1]:
-        region = comps == idx + 1
-        kind = "true positive" if (segmentation & region).any() else "false negative"
-        if len(found[kind]) < max_components:
-            found[kind].append(region)
-    results = []
-    display = case.raw if case.raw is not None else case.image
-    for kind, regions in found.items():
-        for i, region in enumerate(regions):
-            res = region_relevance(net, case.image, region, "tumor", preset=preset, device=device,
-                                   patch_size=patch_size)
-            tag = kind.replace(" ", "_")
-            z = int(np.argmax(region.sum(axis=(1, 2))))
-            z = z if region[z].any() else most_relevant_slices(res.maps, 1)[0]
-            png = overlay_slice(display, res.maps, z, os.path.join(out, f"{tag}_{i}.png"), segmentation, region,
-                                title=f"{case.name}: tumor-class relevance of a {kind} ({int(region.sum())} voxels)")
-            results.append({"kind": kind, "voxels": int(region.sum()), "png": png,
-                            "relevance": [float(v) for v in res.sequence_shares], "n_excluded": res.n_excluded})
-    return results
-
-
-_LOADED = threading.local()
-
-
-def cached_model(spec):
-    """The model ``spec`` loaded once per process and thread (a Dask worker keeps it across its cases)."""
-    from .models import load_model
-
-    path = spec.get("path", "bundled") if isinstance(spec, dict) else spec  # a dict: with --folds / --mirror
-    if not isinstance(path, (str, os.PathLike)):
-        return load_model(spec, device="cpu")
-    try:
-        mtime = os.stat(path).st_mtime_ns
-    except OSError:
-        mtime = None
-    key = (repr(sorted(spec.items())) if isinstance(spec, dict) else os.fspath(spec), mtime)
-    cache = _LOADED.__dict__.setdefault("models", {})
-    if key not in cache:
-        cache[key] = load_model(spec, device="cpu")
-    return cache[key]
-
-
 def _remove_temporaries(out: str) -> None:
     """Hidden temporaries of the atomic writers left by a process killed mid-write (never a visible file)."""
     import shutil
@@ -148,32 +96,22 @@ def _remove_temporaries(out: str) -> None:
 
 def run_case(case_dir: str, out: str, model, preset, device, seed, background, max_voxels, patch_size,
              max_components: int, threads: Optional[int] = None) -> dict:
-    """One case of a cohort; writes ``result.json`` last.  Raises on a bad case."""
-    _remove_temporaries(out)
-    case = read_case(case_dir)
+    """One case of a cohort (:func:`pipeline.analyze_case` with its label components); writes ``result.json``
+    last.  Raises on a bad case."""
     import torch
 
     from . import pipeline
 
+    _remove_temporaries(out)
     if threads:
         torch.set_num_threads(threads)
     net = cached_model(model)
-    summary = pipeline.analyze_case(case, out, net, preset, device, seed, background, max_voxels, patch_size,
-                                    finalize=False)
-    if case.label is not None and case.label.any():
-        seg = read_seg(out)
-        summary["components"] = explain_components(case, net, seg, out, preset, device, max_components,
-                                                   patch_size)
+    summary = pipeline.analyze_case(case_dir, out, net, preset, device, seed, background, max_voxels, patch_size,
+                                    finalize=False, max_components=max_components)
     write_json(summary, os.path.join(out, RESULT))
     if os.path.exists(os.path.join(out, ERROR)):
         os.remove(os.path.join(out, ERROR))
     return summary
-
-
-def read_seg(out: str) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "tumor_segmentation.nii.gz"))).astype(bool)
 
 
 def _read_result(path: str) -> dict:
@@ -342,11 +280,10 @@ def run_on_dask(todo, out: str, args: tuple, finished, scheduler: Optional[str] 
 
 
 def _reason(exc: BaseException) -> str:
+    """Why a case failed, in one line."""
     if type(exc).__name__ == "KilledWorker":
         return f"the worker died while running this case, {ALLOWED_FAILURES + 1} times (KilledWorker)"
-    if isinstance(exc, (ValueError, FileNotFoundError)):
-        return f"{type(exc).__name__}: {exc}"
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return one_line(exc)
 
 
 def _channels(results: dict) -> tuple[list, list]:
@@ -395,11 +332,7 @@ def _report_html(out, names, results, failures, fig, uri) -> str:
         dice = f"{r['dice']:.3f}" if "dice" in r else "&ndash;"
         rows.append(f"<tr><td>{e(n)}</td><td>{dice}</td><td>{r.get('tumor_voxels', '')}</td>{cells}</tr>")
     head = "".join(f"<th>{e(d)}</th>" for d in _channels(results)[1])
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>LiverTumorLRP cohort report</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
-             "<h1>LiverTumorLRP cohort report</h1>",
-             f"<p>{len(names)} cases analysed, {len(failures)} failed. Sequence relevance as in Chlebus et al. "
+    parts = [f"<p>{len(names)} cases analysed, {len(failures)} failed. Sequence relevance as in Chlebus et al. "
              "(Sec. 2.3): M = M<sub>B</sub><sup>0</sup> + M<sub>T</sub><sup>1</sup>, normalised to sum 1.</p>"]
     if names:
         mean = np.mean([results[n]["relevance"] for n in names], axis=0)
@@ -419,8 +352,7 @@ def _report_html(out, names, results, failures, fig, uri) -> str:
         for comp in r.get("components", []):
             if os.path.exists(comp["png"]):
                 parts.append(f"<p>{e(comp['kind'])}, {comp['voxels']} voxels</p><img src='{uri(comp['png'])}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return html_page("LiverTumorLRP cohort report", parts)
 
 
 def run(args) -> int:

@@ -1,6 +1,6 @@
 """The paper's explanations: Eq. 1 (one output voxel), Eq. 2 (a region) and Sec. 2.3 (sequences).
 
-* :func:`relevance` -- Eq. 1: input relevance ``M`` of any output relevance ``seed * y``.
+* :func:`relevance` -- Eq. 1: input relevance ``M`` of any output relevance ``output * y``.
 * :func:`region_relevance` -- Eq. 2: ``M_A^i = sum_{a in A} M_a^i / sum(M_a^i)``, exact, in three passes
   whatever ``|A|``: because LRP is linear in the seeded relevance, ``M_A^i = M(1_A / S)`` with
   ``S_a = sum(M_a^i)`` for every voxel from one forward-mode pass (:meth:`LRP.forward_with_sums`).
@@ -14,6 +14,8 @@ Volumes larger than ``patch_size`` are processed patch by patch with the blendin
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -26,13 +28,24 @@ from .lrp import LRP, as_lrp
 from .model_info import model_info
 from .presets import DEFAULT_PRESET
 from .progress import as_progress
+from .shares import shares_of
 from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
 
 DEFAULT_THRESHOLD = 1e-3
 
 
+class Relevance:
+    """What every explanation returns: ``maps`` (C, D, H, W), one relevance map per input sequence, and
+    ``shares`` (C,), the channel sums normalised to sum 1, with their ``positive`` and ``negative`` parts."""
+
+    maps: np.ndarray
+    shares: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+
+
 @dataclass
-class RegionRelevance:
+class RegionRelevance(Relevance):
     """Eq. 2 relevance of region A for one class."""
 
     maps: np.ndarray            # (C, D, H, W): M_A^i
@@ -46,14 +59,28 @@ class RegionRelevance:
         return self.maps.reshape(self.maps.shape[0], -1).sum(axis=1)
 
     @property
-    def sequence_shares(self) -> np.ndarray:
+    def shares(self) -> np.ndarray:
         """Channel sums normalised to sum 1."""
         s = self.sequence_sums
         return s / s.sum()
 
+    @property
+    def positive(self) -> np.ndarray:
+        return shares_of(self.maps)[1]
+
+    @property
+    def negative(self) -> np.ndarray:
+        return shares_of(self.maps)[2]
+
+    @property
+    def sequence_shares(self) -> np.ndarray:
+        """Deprecated name of :attr:`shares`."""
+        warnings.warn("RegionRelevance.sequence_shares is deprecated; use .shares", DeprecationWarning, stacklevel=2)
+        return self.shares
+
 
 @dataclass
-class SequenceRelevance:
+class SequenceRelevance(Relevance):
     """Sec. 2.3: relevance of each input sequence, ``M = M_B^0 + M_T^1`` normalised to sum 1."""
 
     shares: np.ndarray          # (C,) channel sums of M / sum(M)
@@ -93,6 +120,38 @@ def _as_image(x) -> tuple[np.ndarray, bool]:
     if not np.all(np.isfinite(a)):
         raise ValueError("the image contains NaN or infinite values")
     return a, is_torch
+
+
+def _keyword_options(*old_order: str, renamed: Optional[dict] = None):
+    """Options are keyword-only (in one order across the explanation functions).  For one release, calls that pass
+    them by position (in the old order ``old_order``) or by an old name (``renamed``: old -> new) still work,
+    with a DeprecationWarning."""
+    def wrap(fn):
+        import inspect
+
+        n_args = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if len(args) > n_args:
+                extra = dict(zip(old_order, args[n_args:]))
+                warnings.warn(f"{fn.__name__}: pass {', '.join(extra)} by keyword; options by position are "
+                              "deprecated", DeprecationWarning, stacklevel=2)
+                clash = set(extra) & set(kwargs)
+                if clash:
+                    raise TypeError(f"{fn.__name__}() got multiple values for {', '.join(sorted(clash))}")
+                kwargs.update(extra)
+                args = args[:n_args]
+            for old, new in (renamed or {}).items():
+                if old in kwargs:
+                    warnings.warn(f"{fn.__name__}: {old}= is deprecated; use {new}=", DeprecationWarning,
+                                  stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return call
+
+    return wrap
 
 
 def _dtype(a: np.ndarray):
@@ -205,27 +264,31 @@ def _run(model, image, preset, device, patch_size, overlap, bounds, progress, ca
 
 
 # ---- Eq. 1 -----------------------------------------------------------------------------------------------------
-def relevance(model, x, seed, preset=DEFAULT_PRESET, device="auto", bounds=None, patch_size=None,
+@_keyword_options("preset", "device", "bounds", "patch_size", "overlap", renamed={"seed": "output"})
+def relevance(model, x, output=None, *, preset=DEFAULT_PRESET, device="auto", bounds=None, patch_size=None,
               overlap: Optional[float] = None):
-    """Eq. 1: input relevance map ``M`` (same shape as ``x``) of the output relevance ``seed * y``.
+    """Eq. 1: input relevance map ``M`` (same shape as ``x``) of the output relevance ``output * y``.
 
-    ``seed``: weights over the output (K, D, H, W) -- a one-hot seed explains one output neuron, whose
-    relevance is then the model output ``y^i_a`` -- or a tuple ``(class, z, y, x)`` for that one voxel
-    (class by index or by the model's class name).  Returns torch for torch input, numpy for numpy input.
+    ``output`` selects what is explained: weights over the output (K, D, H, W) -- one-hot explains one output
+    neuron, whose relevance is then the model output ``y^i_a`` -- or a tuple ``(class, z, y, x)`` for that one
+    voxel (class by index or by the model's class name).  Returns torch for torch input, numpy for numpy input.
     """
+    if output is None:
+        raise TypeError("relevance() needs output=: a (class, z, y, x) tuple or weights over the output")
     image, is_torch = _as_image(x)
 
     def work(eng):
         K = eng.info.n_classes
-        if isinstance(seed, tuple):
-            cls, *idx = seed
+        if isinstance(output, tuple):
+            cls, *idx = output
             w = torch.zeros((K,) + image.shape[1:], dtype=eng.dtype)
             w[(eng.info.class_index(cls), *idx)] = 1.0
         else:
-            s = torch.as_tensor(np.asarray(seed.detach().cpu() if isinstance(seed, torch.Tensor) else seed))
+            s = torch.as_tensor(np.asarray(output.detach().cpu() if isinstance(output, torch.Tensor) else output))
             s = s[0] if s.dim() == 5 else s
             if tuple(s.shape) != (K,) + image.shape[1:]:
-                raise ValueError(f"seed shape {tuple(s.shape)} does not match the output {(K,) + image.shape[1:]}")
+                raise ValueError(f"output weights of shape {tuple(s.shape)} do not match the output "
+                                 f"{(K,) + image.shape[1:]}")
             w = s.to(eng.dtype)
         return eng.backward(w)
 
@@ -284,9 +347,10 @@ def _weighted(model, image, weights, preset, device, threshold, bounds, patch_si
     return _run(model, image, preset, device, patch_size, overlap, bounds, progress, cancel, work)
 
 
-def weighted_relevance(model, x, weights, preset=DEFAULT_PRESET, device="auto", threshold: float = DEFAULT_THRESHOLD,
-                       bounds=None, patch_size=None, overlap: Optional[float] = None, progress=None,
-                       cancel=None) -> list:
+@_keyword_options("preset", "device", "threshold", "bounds", "patch_size", "overlap", "progress", "cancel")
+def weighted_relevance(model, x, weights, *, preset=DEFAULT_PRESET, device="auto",
+                       threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None,
+                       overlap: Optional[float] = None, progress=None, cancel=None) -> list:
     """Eq. 2 with per-voxel weights ``w_{c,a}``: ``sum_{c,a} w_{c,a} M_a^c / sum(M_a^c)`` (C, D, H, W) for each
     weight set ``(K, D, H, W)`` in ``weights`` (``1_A`` on class i is Eq. 2's ``M_A^i``).  All sets cost one
     forward-mode pass and one backward pass each; near-zero ``S_a`` are left out as in :func:`region_relevance`."""
@@ -295,7 +359,8 @@ def weighted_relevance(model, x, weights, preset=DEFAULT_PRESET, device="auto", 
                      cancel)[0]
 
 
-def region_relevance(model, x, region, cls="tumor", preset=DEFAULT_PRESET, device="auto",
+@_keyword_options("cls", "preset", "device", "threshold", "bounds", "patch_size", "overlap", "progress", "cancel")
+def region_relevance(model, x, region, *, cls="tumor", preset=DEFAULT_PRESET, device="auto",
                      threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None,
                      overlap: Optional[float] = None, progress=None, cancel=None) -> RegionRelevance:
     """Eq. 2: ``M_A^i = sum_{a in A} M_a^i / sum(M_a^i)`` for region ``A`` (bool (D, H, W)) and class ``cls``.
@@ -320,7 +385,8 @@ def region_relevance(model, x, region, cls="tumor", preset=DEFAULT_PRESET, devic
     return RegionRelevance(maps[0].astype(np.float32), c, int(mask.sum()), excluded[0], S[c][mask])
 
 
-def region_relevance_loop(model, x, region, cls="tumor", preset=DEFAULT_PRESET, device="cpu",
+@_keyword_options("cls", "preset", "device", "threshold", "bounds", "patch_size")
+def region_relevance_loop(model, x, region, *, cls="tumor", preset=DEFAULT_PRESET, device="cpu",
                           threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None) -> RegionRelevance:
     """Eq. 2 the slow way: one Eq. 1 pass per voxel of A (the test oracle and benchmark baseline)."""
     image, _ = _as_image(x)
@@ -401,16 +467,6 @@ def _sec23_weights(pred: np.ndarray, lesion: int, tumor: np.ndarray, back: np.nd
     return w
 
 
-def _shares(M: np.ndarray):
-    """Channel sums of M over its total, and the positive and negative mass per channel over the total."""
-    flat = M.reshape(M.shape[0], -1).astype(np.float64)
-    total = float(flat.sum())
-    if not np.isfinite(total) or abs(total) < 1e-12:
-        raise ValueError("the relevance map sums to zero; sequence shares are undefined")
-    return (flat.sum(axis=1) / total, np.clip(flat, 0, None).sum(axis=1) / total,
-            np.clip(flat, None, 0).sum(axis=1) / total)
-
-
 def _sequence_relevance(model, x, preset, device, seed, background, max_voxels, threshold, bounds, patch_size,
                         overlap, progress, cancel, regions=None, resamples: int = 0):
     """Sec. 2.3 for the first draw of (T, B) and, with ``resamples``, K draws and the exact expectation."""
@@ -449,21 +505,23 @@ def _sequence_relevance(model, x, preset, device, seed, background, max_voxels, 
                                      progress, cancel)
     tumor, back = chosen["draws"][0]
     n = int(tumor.sum())
-    shares, pos, neg = _shares(maps[0])
+    shares, pos, neg = shares_of(maps[0])
     fields = (shares, pos, neg, maps[0].astype(np.float32), n, n, excluded[0], chosen["n_pred"], tumor, back,
               info.channels, info.display_names, info.classes[lesion])
     if not resamples:
         return SequenceRelevance(*fields)
-    draws = np.array([_shares(m)[0] for m in maps[:resamples]])
+    draws = np.array([shares_of(m)[0] for m in maps[:resamples]])
     expected = maps[-1] if chosen["expected"] else None
-    return SequenceRelevanceInterval(*fields, draws, None if expected is None else _shares(expected)[0],
+    return SequenceRelevanceInterval(*fields, draws, None if expected is None else shares_of(expected)[0],
                                      None if expected is None else expected.astype(np.float32))
 
 
-def sequence_relevance(model, x, preset=DEFAULT_PRESET, device="auto", seed: int = 0, background: str = "random",
-                       max_voxels: Optional[int] = None, threshold: float = DEFAULT_THRESHOLD, bounds=None,
-                       patch_size=None, overlap: Optional[float] = None, progress=None, cancel=None,
-                       regions=None) -> SequenceRelevance:
+@_keyword_options("preset", "device", "seed", "background", "max_voxels", "threshold", "bounds", "patch_size",
+                  "overlap", "progress", "cancel", "regions")
+def sequence_relevance(model, x, *, preset=DEFAULT_PRESET, device="auto", seed: int = 0, background: str = "random",
+                       max_voxels: Optional[int] = None, regions=None, threshold: float = DEFAULT_THRESHOLD,
+                       bounds=None, patch_size=None, overlap: Optional[float] = None, progress=None,
+                       cancel=None) -> SequenceRelevance:
     """Sec. 2.3: share of each sequence in ``M = M_B^0 + M_T^1`` (normalised to sum 1).
 
     T: the voxels predicted as the model's lesion class (``tumor``; a seeded random subset of ``max_voxels``
@@ -513,10 +571,13 @@ class SequenceRelevanceInterval(SequenceRelevance):
         return out
 
 
-def sequence_relevance_interval(model, x, resamples: int = 10, preset=DEFAULT_PRESET, device="auto", seed: int = 0,
-                                background: str = "random", max_voxels: Optional[int] = None,
+@_keyword_options("resamples", "preset", "device", "seed", "background", "max_voxels", "threshold", "bounds",
+                  "patch_size", "overlap", "progress", "cancel")
+def sequence_relevance_interval(model, x, *, preset=DEFAULT_PRESET, device="auto", seed: int = 0,
+                                background: str = "random", max_voxels: Optional[int] = None, resamples: int = 10,
                                 threshold: float = DEFAULT_THRESHOLD, bounds=None, patch_size=None,
-                                overlap: Optional[float] = None, progress=None, cancel=None) -> SequenceRelevanceInterval:
+                                overlap: Optional[float] = None, progress=None,
+                                cancel=None) -> SequenceRelevanceInterval:
     """Sec. 2.3 over ``resamples`` seeded draws of the random regions (draw k: :func:`choose_regions` with seed
     ``seed + k``) and its exact expectation.
 
@@ -533,4 +594,4 @@ def sequence_relevance_interval(model, x, resamples: int = 10, preset=DEFAULT_PR
 
 __all__ = ["relevance", "region_relevance", "region_relevance_loop", "weighted_relevance", "sequence_relevance",
            "sequence_relevance_interval", "choose_background", "choose_regions", "RegionRelevance",
-           "SequenceRelevance", "SequenceRelevanceInterval", "LRP"]
+           "SequenceRelevance", "SequenceRelevanceInterval", "Relevance", "shares_of", "LRP"]

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
+from typing import Optional
 
 from torch import nn
 
@@ -112,11 +114,23 @@ def build_model(config: dict, where: str = "config") -> nn.Module:
     return model
 
 
-def save_model_file(model: nn.Module, path, config: dict) -> Path:
-    """Weights (safetensors) and ``config`` (JSON) for any supported network; atomic."""
+def save_model(model: nn.Module, path, extra: Optional[dict] = None, *, config: Optional[dict] = None) -> Path:
+    """Weights (safetensors) and their JSON config beside them (same name, ``.json``), atomically.
+
+    ``extra``: fields added to the config (``sequences``, ``classes``, ``spacing``, ...); ``config``: the network's
+    config (default: our u-net's own, ``model.config``; MONAI networks: ``{"architecture": ..., "kwargs": ...}``).  ``path`` may end in ``.safetensors``, ``.json`` or neither."""
+    from dataclasses import asdict
+
     from safetensors.torch import save_file
 
-    path = Path(path).with_suffix(".safetensors")
+    if config is None:
+        if not isinstance(model, UNet3D):
+            raise ValueError(f"save_model: give the config of a {type(model).__name__} (only UNet3D carries its own)")
+        config = asdict(model.config)
+    config = {**config, **(extra or {})}
+    path = Path(path)
+    path = path.with_suffix(".safetensors") if path.suffix == ".json" else path
+    path = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_w, tmp_c = path.with_name(path.name + ".tmp"), path.with_name(path.stem + ".json.tmp")
     # clone: some networks (DynUNet) register the same module twice, and safetensors refuses shared memory
@@ -126,6 +140,23 @@ def save_model_file(model: nn.Module, path, config: dict) -> Path:
     os.replace(tmp_w, path)
     os.replace(tmp_c, path.with_suffix(".json"))
     return path
+
+
+def save_model_file(model: nn.Module, path, config: dict) -> Path:
+    """Deprecated name of :func:`save_model`."""
+    import warnings
+
+    warnings.warn("save_model_file is deprecated; use models.save_model", DeprecationWarning, stacklevel=2)
+    return save_model(model, path, config=config)
+
+
+def load_unet(path, map_location: str = "cpu") -> UNet3D:
+    """Our :class:`UNet3D` from its safetensors weights and JSON config (never pickle); ValueError for another
+    architecture."""
+    model = load_model(path, device=map_location)
+    if not isinstance(model, UNet3D):
+        raise ValueError(f"{path}: is a {type(model).__name__}, not a UNet3D")
+    return model
 
 
 def _model_paths(spec) -> tuple[Path, Path]:
@@ -233,5 +264,27 @@ def load_model(spec="bundled", device="cpu", folds=None, mirror: bool = False) -
     return model.to(device).eval()
 
 
-__all__ = ["load_model", "build_model", "save_model_file", "bundled_model_path", "BUNDLED_MODEL", "ModelFileError",
+_CACHE = threading.local()
+
+
+def cached_model(spec="bundled") -> nn.Module:
+    """:func:`load_model` once per thread for the same spec and file version (path and modification time): a
+    Dask worker keeps its model across cases, the Slicer and web tasks across clicks.  A network is returned as
+    it is; a new spec replaces the thread's cached model (one model in memory)."""
+    if isinstance(spec, nn.Module):
+        return spec
+    path = spec.get("path", "bundled") if isinstance(spec, dict) else spec   # a dict: with folds / mirror
+    path = str(bundled_model_path() if path in (None, "", "bundled") else path)
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        mtime = None
+    key = (repr(sorted(spec.items())) if isinstance(spec, dict) else path, mtime)
+    if getattr(_CACHE, "key", None) != key:
+        _CACHE.key, _CACHE.model = None, None
+        _CACHE.model, _CACHE.key = load_model(spec if spec not in ("", None) else "bundled", device="cpu"), key
+    return _CACHE.model
+
+
+__all__ = ["cached_model", "load_model", "load_unet", "save_model", "build_model", "save_model_file", "read_model_config", "bundled_model_path", "BUNDLED_MODEL", "ModelFileError",
            "info_from_config", "load_weights"]

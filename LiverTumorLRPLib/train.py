@@ -25,7 +25,8 @@ from .device import resolve_device
 from .intensity import normalise_image
 from .phantom import generate_case
 from .sequences import SEQUENCE_KEYS
-from .unet import UNet3D, UNetConfig, load_unet, save_model
+from .models import load_unet, save_model
+from .unet import UNet3D, UNetConfig
 
 EVAL_SEED = 100000
 
@@ -164,7 +165,7 @@ def evaluate(model_path, n_cases=20, seed=EVAL_SEED, shape=(48, 128, 128), spaci
 
     from .inference import predict
     from .models import load_model
-    from .pipeline import dice
+    from .analysis import dice
 
     model = load_model(model_path)
     scores = []

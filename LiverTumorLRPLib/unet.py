@@ -8,10 +8,7 @@ input grid; every spatial size must be divisible by ``2**depth``.
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -117,43 +114,17 @@ class UNet3D(nn.Module):
         return self.head(x)
 
 
-def _paths(path: "str | os.PathLike") -> tuple[Path, Path]:
-    p = Path(path)
-    if p.suffix == ".json":
-        p = p.with_suffix(".safetensors")
-    if p.suffix != ".safetensors":
-        p = p.with_name(p.name + ".safetensors")
-    return p, p.with_suffix(".json")
+_MOVED = ("save_model", "load_unet")
 
 
-def save_model(model: UNet3D, path: "str | os.PathLike", extra: dict | None = None) -> Path:
-    """Write ``path`` (.safetensors) and its config beside it (.json), atomically (temporary name, then rename)."""
-    from safetensors.torch import save_file
+def __getattr__(name):
+    """Deprecated: saving and loading moved to :mod:`.models` (this module is the architecture only)."""
+    if name in _MOVED:
+        import warnings
 
-    weights, config_path = _paths(path)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    config = {**asdict(model.config), **(extra or {})}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp_w, tmp_c = weights.with_name(weights.name + ".tmp"), config_path.with_name(config_path.name + ".tmp")
-    save_file(state, str(tmp_w), metadata={"config": json.dumps(asdict(model.config))})
-    tmp_c.write_text(json.dumps(config, indent=2))
-    os.replace(tmp_w, weights)
-    os.replace(tmp_c, config_path)
-    return weights
+        from . import models
 
-
-def read_config(path: "str | os.PathLike") -> dict:
-    """The JSON config beside a weights file (or stored in its safetensors metadata)."""
-    from .models import read_model_config
-
-    return read_model_config(*_paths(path))
-
-
-def load_unet(path: "str | os.PathLike", map_location: str = "cpu") -> UNet3D:
-    """Rebuild a :class:`UNet3D` from its config JSON and safetensors weights (never pickle)."""
-    from .models import load_model
-
-    model = load_model(_paths(path)[0], device=map_location)
-    if not isinstance(model, UNet3D):
-        raise ValueError(f"{path}: is a {type(model).__name__}, not a UNet3D")
-    return model
+        warnings.warn(f"LiverTumorLRPLib.unet.{name} is deprecated; use LiverTumorLRPLib.models.{name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

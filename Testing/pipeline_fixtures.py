@@ -8,7 +8,8 @@ import torch
 
 from LiverTumorLRPLib.case_io import read_case
 from LiverTumorLRPLib.phantom import generate_case, write_case
-from LiverTumorLRPLib.unet import UNet3D, UNetConfig, save_model
+from LiverTumorLRPLib.models import save_model
+from LiverTumorLRPLib.unet import UNet3D, UNetConfig
 
 SHAPE = (16, 48, 48)
 SPACING = (8.0, 8.0, 8.0)

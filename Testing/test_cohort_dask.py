@@ -120,22 +120,21 @@ class SlowFirstAttempt(WorkerPlugin):
     def setup(self, worker):
         from LiverTumorLRPLib import pipeline
 
-        original, case, marker = pipeline.segment_case, self.case, self.marker
+        original, case, marker = pipeline.write_segmentation_files, self.case, self.marker
 
-        def segment_case(c, out, *args, **kwargs):
-            seg = original(c, out, *args, **kwargs)
-            name = getattr(c, "case", c).name  # a Case, or the Prepared case the pipeline passes on
-            if name == case and not os.path.exists(marker):
+        def write_segmentation_files(seg, out, *args, **kwargs):
+            summary = original(seg, out, *args, **kwargs)
+            if seg.prepared.case.name == case and not os.path.exists(marker):
                 write_text(str(os.getpid()), marker)
                 time.sleep(300)
-            return seg
+            return summary
 
-        self.original, pipeline.segment_case = original, segment_case
+        self.original, pipeline.write_segmentation_files = original, write_segmentation_files
 
     def teardown(self, worker):
         from LiverTumorLRPLib import pipeline
 
-        pipeline.segment_case = self.original
+        pipeline.write_segmentation_files = self.original
 
 
 def test_worker_killed_mid_case_loses_nothing(cohort, local_run, cluster, tmp_path):

@@ -332,7 +332,8 @@ def _cli(*args, cwd):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
-    from LiverTumorLRPLib.unet import UNet3D, UNetConfig, save_model
+    from LiverTumorLRPLib.models import save_model
+    from LiverTumorLRPLib.unet import UNet3D, UNetConfig
     return save_model(UNet3D(UNetConfig(depth=2, base_channels=4)).eval(), d / "m.safetensors")
 
 
@@ -411,7 +412,8 @@ def test_a_model_config_records_spacing_and_patch():
 
 def test_a_four_channel_model_reads_its_own_sequences_from_the_case_folder(tmp_path):
     """Channels come from the model: a brain-tumor-style 4-channel u-net analyses a folder of FLAIR/T1/T1ce/T2."""
-    from LiverTumorLRPLib.unet import UNet3D, UNetConfig, save_model
+    from LiverTumorLRPLib.models import save_model
+    from LiverTumorLRPLib.unet import UNet3D, UNetConfig
 
     from LiverTumorLRPLib.case_io import read_case
 

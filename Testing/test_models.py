@@ -12,7 +12,8 @@ from LiverTumorLRPLib.explain import region_relevance, region_relevance_loop
 from LiverTumorLRPLib.inference import model_divisor, predict
 from LiverTumorLRPLib.lrp import LRP
 from LiverTumorLRPLib.models import build_model, load_model, save_model_file
-from LiverTumorLRPLib.unet import UNet3D, UNetConfig, load_unet, save_model
+from LiverTumorLRPLib.models import load_unet, save_model
+from LiverTumorLRPLib.unet import UNet3D, UNetConfig
 
 monai = pytest.importorskip("monai", reason="MONAI is a test dependency: pip install -e '.[test]'")
 

@@ -13,7 +13,8 @@ from LiverTumorLRPLib.intensity import normalise_image
 from LiverTumorLRPLib.phantom import generate_case
 from LiverTumorLRPLib.progress import Cancelled
 from LiverTumorLRPLib.sequences import DISPLAY_NAMES, SEQUENCE_KEYS
-from LiverTumorLRPLib.unet import UNet3D, UNetConfig, save_model
+from LiverTumorLRPLib.models import save_model
+from LiverTumorLRPLib.unet import UNet3D, UNetConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = {"T2": "T2 haste", "T1_plain": "T1 plain", "T1_20s": "T1 20s", "T1_60s": "T1 60s",

@@ -25,7 +25,8 @@ from LiverTumorLRPLib.intensity import normalise_image
 from LiverTumorLRPLib.models import load_model
 from LiverTumorLRPLib.phantom import generate_case, write_case
 from LiverTumorLRPLib.sequences import SEQUENCE_KEYS
-from LiverTumorLRPLib.unet import UNet3D, UNetConfig, save_model
+from LiverTumorLRPLib.models import save_model
+from LiverTumorLRPLib.unet import UNet3D, UNetConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHANTOM_SHAPE = (8, 32, 32)

@@ -12,7 +12,8 @@ import torch
 from LiverTumorLRPLib import slicer_logic as sl
 from LiverTumorLRPLib.intensity import normalise_image
 from LiverTumorLRPLib.sequences import DISPLAY_NAMES, SEQUENCE_KEYS
-from LiverTumorLRPLib.unet import UNet3D, UNetConfig, save_model
+from LiverTumorLRPLib.models import save_model
+from LiverTumorLRPLib.unet import UNet3D, UNetConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE, SPACING, SEED = (16, 32, 32), (3.0, 2.5, 2.0), 3

@@ -211,7 +211,7 @@ def point_mask(markups_node, index: int, reference) -> np.ndarray:
 
 
 # ---- explanations -----------------------------------------------------------------------------------------------
-def _region_array(region, stacked: Inputs):
+def region_array(region, stacked: Inputs):
     """Bool mask now for segment/point/array regions; None for predicted regions (computed later)."""
     if isinstance(region, np.ndarray):
         mask = region.astype(bool)

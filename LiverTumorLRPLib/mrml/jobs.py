@@ -24,8 +24,8 @@ import slicer
 
 from ..sequences import CLASS_NAMES, SEQUENCE_KEYS
 from ..worker import JOB_FILE, JOB_PREFIX, WorkerProcess, remove_folder
-from .inputs import Inputs, Region, _region_array, stack_inputs
-from .nodes import write_relevance, write_segmentation
+from .inputs import Inputs, Region, region_array, stack_inputs
+from .nodes import write_explanation, write_segmentation
 from .scene import _scene, sitk_image
 
 REGION_FILE = "region.nrrd"
@@ -54,8 +54,8 @@ class WorkerJob:
 
     def __init__(self, task: str, inputs=None, model="bundled", device="auto", *, region="predicted tumor",
                  cls="tumor", preset="recommended", seed: int = 0, max_voxels: Optional[int] = None,
-                 threshold: float = 0.5, name: Optional[str] = None, python: Optional[str] = None, scene=None,
-                 temp_dir: Optional[str] = None):
+                 threshold: Optional[float] = None, name: Optional[str] = None, python: Optional[str] = None,
+                 scene=None, temp_dir: Optional[str] = None):
         from ..worker import TASKS
 
         if task not in TASKS:
@@ -95,7 +95,7 @@ class WorkerJob:
 
     def _region_spec(self, stacked: Inputs):
         """(job.json region value, mask to write or None, label for the result's name)."""
-        mask = _region_array(self.region, stacked)
+        mask = region_array(self.region, stacked)
         if isinstance(self.region, np.ndarray):
             return REGION_FILE, mask, "region"
         reg = Region(self.region) if isinstance(self.region, str) else self.region
@@ -185,23 +185,17 @@ class WorkerJob:
         return True
 
     def _apply(self, result: dict):
+        from ..pipeline import read_explanation_files
+
         out = os.path.join(self.job_dir, "out")
-        summary = result.get("summary", {})
         if self.task == "segment":
             prob = _read_array(os.path.join(out, "tumor_probability.nii.gz")).astype(np.float32)
-            return write_segmentation(prob, self.stacked, self.name, self.threshold, self.scene)
-        maps = np.stack([_read_array(os.path.join(out, f"relevance_{k}.nii.gz")) for k in SEQUENCE_KEYS])
-        shares = summary.get("relevance")
+            seg = _read_array(os.path.join(out, "tumor_segmentation.nii.gz")) if self.threshold is None else None
+            return write_segmentation(prob, self.stacked, self.name, self.threshold, self.scene, segmentation=seg)
+        e = read_explanation_files(out)
         if self.task == "explain":
-            details = {"n_voxels": summary.get("n_voxels"), "n_excluded": summary.get("n_excluded"),
-                       "class": summary.get("class"), "region": self.region_label, "preset": str(self.preset)}
-        else:
-            details = {k: summary.get(k) for k in ("n_tumor", "n_background", "n_excluded", "n_predicted_tumor")}
-            details.update(preset=str(self.preset), seed=self.seed)
-            interval = {"p2.5": summary.get("relevance_p2.5"), "p97.5": summary.get("relevance_p97.5"),
-                        "expected": summary.get("relevance_expected")}
-            return write_relevance(maps, self.stacked, self.name, shares, details, self.scene, interval)
-        return write_relevance(maps, self.stacked, self.name, shares, details, self.scene)
+            e.details["region"] = self.region_label
+        return write_explanation(e, self.stacked, self.name, self.scene)
 
     def cancel(self) -> None:
         """Kill the worker (and its children), remove the job folder; nothing is added to the scene."""
@@ -255,8 +249,8 @@ class WorkerJob:
         return self.result
 
 
-def segment_job(inputs=None, model="bundled", device="auto", threshold: float = 0.5, name: str = "Liver tumor",
-                python=None, scene=None, temp_dir: Optional[str] = None) -> WorkerJob:
+def segment_job(inputs=None, model="bundled", device="auto", threshold: Optional[float] = None,
+                name: str = "Liver tumor", python=None, scene=None, temp_dir: Optional[str] = None) -> WorkerJob:
     """A :class:`WorkerJob` for :func:`pipeline.segment_case` (not started); its job folder goes into
     ``temp_dir`` (inside Slicer: ``slicer.app.temporaryPath``; default: the system's temporary folder)."""
     return WorkerJob("segment", inputs, model, device, threshold=threshold, name=name, python=python, scene=scene,

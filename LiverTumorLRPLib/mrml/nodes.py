@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import slicer
@@ -13,6 +13,7 @@ from ..sequences import DISPLAY_NAMES, SEQUENCE_KEYS
 from .scene import _add_volume, _scene, _tag, _unique_name
 
 if TYPE_CHECKING:
+    from ..analysis import Explanation
     from .inputs import Inputs
 
 
@@ -50,10 +51,17 @@ def label_color_table(scene=None):
 
 
 def write_segmentation(probability: np.ndarray, inputs: Inputs, name: str = "Liver tumor",
-                       threshold: float = 0.5, scene=None) -> SegmentResult:
-    """Segmentation node (segment "Tumor") and probability volume from a (z, y, x) tumor probability."""
+                       threshold: Optional[float] = None, scene=None, *,
+                       segmentation: Optional[np.ndarray] = None) -> SegmentResult:
+    """Segmentation node (segment "Tumor") and probability volume from a (z, y, x) lesion probability.
+
+    The segment is ``segmentation`` (the model's labels, :attr:`.analysis.Segmentation.segmentation`) or, given
+    ``threshold`` instead, ``probability > threshold``."""
     scene = _scene(scene if scene is not None else inputs.reference.GetScene())
-    tumor = probability > threshold
+    if segmentation is None:
+        tumor = probability > (0.5 if threshold is None else threshold)
+    else:
+        tumor = np.asarray(segmentation).astype(bool)
     prob_node = _tag(_add_volume(scene, probability.astype(np.float32), inputs.ijk_to_ras,
                                  f"{name} probability"), "probability")
     disp = prob_node.GetDisplayNode()
@@ -96,6 +104,7 @@ class ExplanationResult:
     negative: np.ndarray
     most_relevant: str              # sequence key
     details: dict = field(default_factory=dict)
+    display_names: tuple = DISPLAY_NAMES
 
 
 def relevance_color_table(scene=None):
@@ -175,29 +184,57 @@ def _sh_place(sh, folder: int, node) -> None:
         sh.CreateItem(folder, node)
 
 
-def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, details=None,
-                    scene=None, interval=None) -> ExplanationResult:
+def write_explanation(e: "Explanation", inputs: Inputs, name: str, scene=None) -> ExplanationResult:
+    """The nodes of an :class:`~LiverTumorLRPLib.analysis.Explanation` (what every front end computes)."""
+    interval = None
+    if e.interval:
+        interval = {"p2.5": e.interval.get("relevance_p2.5"), "p97.5": e.interval.get("relevance_p97.5"),
+                    "expected": e.interval.get("relevance_expected")}
+    details = {k: v for k, v in e.details.items() if k not in ("analysis", "lesion_class")}
+    return write_relevance(e.maps, inputs, name, e.shares, details, scene, interval, positive=e.positive,
+                           negative=e.negative, channels=e.channels, display_names=e.display_names)
+
+
+def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, details=None, scene=None,
+                    interval=None, *, positive=None, negative=None, channels=SEQUENCE_KEYS,
+                    display_names=DISPLAY_NAMES) -> ExplanationResult:
     """Relevance volumes (one per sequence), table, bar chart, grouped in a subject-hierarchy folder named ``name``.
 
-    ``interval``: extra table columns per sequence, e.g. ``{"p2.5": low, "p97.5": high, "expected": e}`` (the
-    spread of Sec. 2.3's shares over resampled regions B and their exact expectation)."""
+    ``shares``, ``positive``, ``negative``: as computed (on the network grid); what is missing is computed from
+    ``maps`` (:func:`~LiverTumorLRPLib.shares.shares_of`).  ``interval``: extra table columns per sequence, e.g.
+    ``{"p2.5": low, "p97.5": high, "expected": e}`` (the spread of Sec. 2.3's shares over resampled regions B
+    and their exact expectation)."""
+    from ..shares import shares_of
+
     scene = _scene(scene if scene is not None else inputs.reference.GetScene())
     maps = np.asarray(maps, dtype=np.float32)
-    flat = maps.reshape(maps.shape[0], -1).astype(np.float64)
-    total = float(flat.sum())
-    if not np.isfinite(total) or abs(total) < 1e-20:
-        raise ValueError("the relevance map sums to zero; sequence shares are undefined")
-    shares = flat.sum(axis=1) / total if shares is None else np.asarray(shares, dtype=float)
-    positive = np.clip(flat, 0, None).sum(axis=1) / total
-    negative = np.clip(flat, None, 0).sum(axis=1) / total
+    if shares is None or positive is None or negative is None:
+        computed = shares_of(maps)
+        shares, positive, negative = (computed[i] if v is None else v
+                                      for i, v in enumerate((shares, positive, negative)))
+    shares, positive, negative = (np.asarray(v, dtype=float) for v in (shares, positive, negative))
+    sh = scene.GetSubjectHierarchyNode()
+    folder = sh.CreateFolderItem(sh.GetSceneItemID(), _unique_name(scene, name))
+    volumes = _relevance_volumes(scene, maps, inputs, name, channels, display_names, sh, folder)
+    extra = {k: v for k, v in (interval or {}).items() if v is not None}
+    columns = {"relevance": shares, "positive": positive, "negative": negative, **extra}
+    table = _relevance_table(scene, f"{name} table", display_names, columns)
+    _sh_place(sh, folder, table)
+    chart, series = _relevance_chart(scene, name, display_names, shares, sh, folder)
+    most = channels[int(np.argmax(shares))]
+    _show(volumes[most], inputs.nodes.get(most, inputs.reference), chart, scene)
+    return ExplanationResult(name, folder, volumes, table, chart, series, shares, positive, negative, most,
+                             dict(details or {}), tuple(display_names))
+
+
+def _relevance_volumes(scene, maps, inputs, name, channels, display_names, sh, folder) -> dict:
+    """One volume per sequence, in the signed relevance colours, symmetric range from :func:`display_max`."""
     from ..figures import display_max
 
     m = display_max(maps)
     colors = relevance_color_table(scene)
-    sh = scene.GetSubjectHierarchyNode()
-    folder = sh.CreateFolderItem(sh.GetSceneItemID(), _unique_name(scene, name))
     volumes = {}
-    for key, disp_name, arr in zip(SEQUENCE_KEYS, DISPLAY_NAMES, maps):
+    for key, disp_name, arr in zip(channels, display_names, maps):
         node = _tag(_add_volume(scene, arr, inputs.ijk_to_ras, f"{name}: {disp_name}"), "relevance")
         disp = node.GetDisplayNode()
         disp.SetAndObserveColorNodeID(colors.GetID())
@@ -206,29 +243,34 @@ def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, de
         disp.SetInterpolate(0)
         _sh_place(sh, folder, node)
         volumes[key] = node
-    # table
-    table = _tag(scene.AddNewNodeByClass("vtkMRMLTableNode", _unique_name(scene, f"{name} table")), "table")
+    return volumes
+
+
+def _relevance_table(scene, name, display_names, columns: dict):
+    """A table node: one row per sequence, a string column ``sequence`` and one number column per entry."""
+    table = _tag(scene.AddNewNodeByClass("vtkMRMLTableNode", _unique_name(scene, name)), "table")
     t = table.GetTable()
     col = vtk.vtkStringArray()
     col.SetName("sequence")
     t.AddColumn(col)
-    extra = {k: v for k, v in (interval or {}).items() if v is not None}
-    columns = {"relevance": shares, "positive": positive, "negative": negative, **extra}
     for cname in columns:
         c = vtk.vtkDoubleArray()
         c.SetName(cname)
         t.AddColumn(c)
-    t.SetNumberOfRows(len(DISPLAY_NAMES))
-    for r, disp_name in enumerate(DISPLAY_NAMES):
+    t.SetNumberOfRows(len(display_names))
+    for r, disp_name in enumerate(display_names):
         t.SetValue(r, 0, vtk.vtkVariant(disp_name))
         for c, values in enumerate(columns.values(), start=1):
             t.SetValue(r, c, vtk.vtkVariant(float(values[r])))
     t.Modified()
-    _sh_place(sh, folder, table)
-    # bar chart: one series per sequence (the legend names them), from a one-row table
+    return table
+
+
+def _relevance_chart(scene, name, display_names, shares, sh, folder):
+    """Bar chart: one series per sequence (the legend names them), from a one-row table."""
     plot_table = _tag(scene.AddNewNodeByClass("vtkMRMLTableNode", _unique_name(scene, f"{name} plot data")), "plot")
     pt = plot_table.GetTable()
-    for disp_name in DISPLAY_NAMES:
+    for disp_name in display_names:
         c = vtk.vtkDoubleArray()
         c.SetName(disp_name)
         pt.AddColumn(c)
@@ -243,20 +285,17 @@ def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, de
     chart.SetXAxisTitle("")
     chart.SetLegendVisibility(True)
     series = []
-    for disp_name, color in zip(DISPLAY_NAMES, SERIES_COLORS):
+    for i, disp_name in enumerate(display_names):
         s = _tag(scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", disp_name), "series")
         s.SetAndObserveTableNodeID(plot_table.GetID())
         s.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
         s.SetYColumnName(disp_name)
-        s.SetColor(*color)
+        s.SetColor(*SERIES_COLORS[i % len(SERIES_COLORS)])
         chart.AddAndObservePlotSeriesNodeID(s.GetID())
         _sh_place(sh, folder, s)
         series.append(s)
     _sh_place(sh, folder, chart)
-    most = SEQUENCE_KEYS[int(np.argmax(shares))]
-    _show(volumes[most], inputs.nodes[most], chart, scene)
-    return ExplanationResult(name, folder, volumes, table, chart, series, shares, positive, negative, most,
-                             dict(details or {}))
+    return chart, series
 
 
 def _show(relevance_node, background_node, chart, scene) -> None:
@@ -281,7 +320,7 @@ def _show(relevance_node, background_node, chart, scene) -> None:
 def summary(result: ExplanationResult) -> str:
     """One line per sequence: share, positive and negative mass."""
     lines = [f"{result.name}:"]
-    for d, s, p, n in zip(DISPLAY_NAMES, result.shares, result.positive, result.negative):
+    for d, s, p, n in zip(result.display_names, result.shares, result.positive, result.negative):
         lines.append(f"  {d:<10} {s:7.3f}  (+{p:.3f} / {n:.3f})")
     return "\n".join(lines)
 

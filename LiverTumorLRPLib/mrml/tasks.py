@@ -1,35 +1,22 @@
-"""The blocking in-process path: tasks (stack inputs, compute with torch, write nodes) for scripts and tests."""
+"""The in-process path: tasks that stack the inputs, compute with the case layer (:mod:`..analysis`) and write
+nodes; for scripts, tests and the web page (the Slicer module computes in a worker process instead)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..analysis import DEFAULT_RESAMPLES
+from ..models import cached_model
 from ..progress import Cancelled, Progress
-from ..sequences import CLASS_NAMES
-from .inputs import Inputs, Region, _region_array, stack_inputs
-from .nodes import ExplanationResult, SegmentResult, write_relevance, write_segmentation
-
-
-# ---- models -----------------------------------------------------------------------------------------------------
-_MODEL_CACHE: dict = {}
+from .inputs import Inputs, Region, region_array, stack_inputs
+from .nodes import ExplanationResult, SegmentResult, write_explanation, write_segmentation
 
 
 def get_model(spec="bundled"):
-    """A model (cached by path and modification time); ``spec``: "bundled"/""/None, a path, or an nn.Module."""
-    import os
-
-    from ..models import bundled_model_path, load_model
-
-    if spec is not None and not isinstance(spec, (str, os.PathLike)):
-        return spec
-    path = str(bundled_model_path() if spec in (None, "", "bundled") else spec)
-    key = (path, os.path.getmtime(path) if os.path.exists(path) else None)
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = load_model(path, "cpu")
-    return _MODEL_CACHE[key]
+    """Deprecated name of :func:`LiverTumorLRPLib.models.cached_model`."""
+    return cached_model(spec)
 
 
 # ---- tasks and jobs ---------------------------------------------------------------------------------------------
@@ -96,35 +83,46 @@ class Job:
         return self.result
 
 
-def network_input(stacked: Inputs, net):
-    """The inputs as the network sees them (:func:`pipeline.prepare`: the model's spacing, its grid)."""
+def scene_case(stacked: Inputs):
+    """The stacked inputs as a :class:`~LiverTumorLRPLib.case_io.Case` on the reference node's grid."""
     from ..case_io import Case
-    from ..pipeline import prepare
     from .scene import sitk_image
 
     reference = sitk_image(np.zeros(stacked.image.shape[1:], np.float32), stacked.ijk_to_ras)
-    return prepare(Case("scene", stacked.image, reference), net)
+    return Case("scene", stacked.image, reference)
 
 
-def segment_task(inputs=None, model="bundled", device="auto", threshold: float = 0.5, name: str = "Liver tumor",
-                 patch_size=None, scene=None) -> Task:
-    """Task: predict the tumor and write a segmentation node and a probability volume."""
-    stacked = inputs if isinstance(inputs, Inputs) else stack_inputs(inputs, scene)
+def network_input(stacked: Inputs, net):
+    """The inputs as the network sees them (:func:`.analysis.prepare`: the model's spacing, its grid)."""
+    from ..analysis import prepare
+
+    return prepare(scene_case(stacked), net)
+
+
+def _stack(inputs, scene) -> Inputs:
+    return inputs if isinstance(inputs, Inputs) else stack_inputs(inputs, scene)
+
+
+def segment_task(inputs=None, model="bundled", device="auto", threshold: Optional[float] = None,
+                 name: str = "Liver tumor", patch_size=None, scene=None) -> Task:
+    """Task: the model's segmentation (:func:`.analysis.segment`) as a segmentation node and a probability volume
+    (``threshold``: take ``probability > threshold`` instead of the model's labels)."""
+    stacked = _stack(inputs, scene)
 
     def compute(progress):
-        from ..inference import predict
+        from ..analysis import segment
 
-        net = get_model(model)
-        p = network_input(stacked, net)
-        prob = predict(net, p.image, device, patch_size=patch_size, progress=progress)
-        return p.grid.to_case(prob, "probability")
+        return segment(network_input(stacked, cached_model(model)), device, patch_size, progress)
 
-    return Task("Segment", compute, lambda p: write_segmentation(p, stacked, name, threshold, scene),
-                list(stacked.messages))
+    def apply(seg):
+        return write_segmentation(seg.probability, stacked, name, threshold, scene,
+                                  segmentation=None if threshold is not None else seg.segmentation)
+
+    return Task("Segment", compute, apply, list(stacked.messages))
 
 
-def segment(inputs=None, model="bundled", device="auto", threshold: float = 0.5, name: str = "Liver tumor",
-            progress=None, cancel=None, scene=None) -> SegmentResult:
+def segment(inputs=None, model="bundled", device="auto", threshold: Optional[float] = None,
+            name: str = "Liver tumor", progress=None, cancel=None, scene=None) -> SegmentResult:
     """Blocking: segment the tumor (see :func:`segment_task`)."""
     return _run_blocking(segment_task(inputs, model, device, threshold, name, scene=scene), progress, cancel)
 
@@ -133,41 +131,26 @@ def _run_blocking(task: Task, progress=None, cancel=None):
     return Job(task, progress, cancel).run()
 
 
-
 def explain_region_task(inputs=None, model="bundled", region="predicted tumor", cls="tumor",
-                        preset="recommended", device="auto", name: Optional[str] = None, threshold: float = 0.5,
-                        scene=None) -> Task:
-    """Task: Eq. 2 relevance of a region for class ``cls``, written back as relevance nodes."""
-    from ..sequences import class_index
+                        preset="recommended", device="auto", name: Optional[str] = None, scene=None) -> Task:
+    """Task: Eq. 2 relevance of a region for class ``cls`` (:func:`.analysis.explain_region`) as relevance nodes.
 
-    stacked = inputs if isinstance(inputs, Inputs) else stack_inputs(inputs, scene)
-    c = class_index(cls)
-    mask = _region_array(region, stacked)
+    ``region``: ``"predicted tumor"`` / ``"predicted background"``, a :class:`Region` (segment, point) or a mask."""
+    stacked = _stack(inputs, scene)
+    mask = region_array(region, stacked)
     reg = Region(region) if isinstance(region, str) else region
     label = "region" if isinstance(region, np.ndarray) else reg.label
-    name = name or f"Relevance of {label} for {CLASS_NAMES[c]}"
+    spec = mask if mask is not None else ("tumor" if reg.kind == "predicted tumor" else "background")
 
     def compute(progress):
-        from ..explain import region_relevance
-        from ..inference import predict
+        from ..analysis import explain_region
 
-        net = get_model(model)
-        p = network_input(stacked, net)
-        r = None if mask is None else p.grid.mask_to_network(mask)
-        if r is None:
-            prob = predict(net, p.image, device, progress=progress.part(0.0, 0.3))
-            r = prob > threshold if reg.kind == "predicted tumor" else prob <= threshold
-            if not r.any():
-                raise ValueError(f"the model predicts no {'tumor' if reg.kind == 'predicted tumor' else 'background'}"
-                                 " voxels in this case, so that region is empty")
-            progress = progress.part(0.3, 1.0)
-        rr = region_relevance(net, p.image, r, c, preset, device, progress=progress)
-        return replace(rr, maps=p.grid.to_case(rr.maps, "relevance"))
+        return explain_region(network_input(stacked, cached_model(model)), spec, cls, preset, device,
+                              progress=progress)
 
-    def apply(rr):
-        return write_relevance(rr.maps, stacked, name, rr.sequence_shares,
-                               {"n_voxels": rr.n_voxels, "n_excluded": rr.n_excluded, "class": CLASS_NAMES[c],
-                                "region": label, "preset": str(preset)}, scene)
+    def apply(e):
+        e.details["region"] = label
+        return write_explanation(e, stacked, name or f"Relevance of {label} for {e.details['class']}", scene)
 
     return Task("Explain", compute, apply, list(stacked.messages))
 
@@ -180,26 +163,19 @@ def explain_region(inputs=None, model="bundled", region="predicted tumor", cls="
 
 
 def analyze_sequences_task(inputs=None, model="bundled", preset="recommended", device="auto", seed: int = 0,
-                           name: str = "Sequence relevance", max_voxels: Optional[int] = None, scene=None) -> Task:
-    """Task: Sec. 2.3 sequence relevance, written back as relevance nodes."""
-    stacked = inputs if isinstance(inputs, Inputs) else stack_inputs(inputs, scene)
+                           name: str = "Sequence relevance", max_voxels: Optional[int] = None, scene=None,
+                           resamples: int = DEFAULT_RESAMPLES) -> Task:
+    """Task: Sec. 2.3 sequence relevance (:func:`.analysis.sequence_relevance`) as relevance nodes."""
+    stacked = _stack(inputs, scene)
 
     def compute(progress):
-        from ..explain import sequence_relevance_interval
+        from ..analysis import sequence_relevance
 
-        net = get_model(model)
-        p = network_input(stacked, net)
-        sr = sequence_relevance_interval(net, p.image, 10, preset, device, seed, max_voxels=max_voxels,
-                                         progress=progress)
-        return replace(sr, maps=p.grid.to_case(sr.maps, "relevance"))
+        return sequence_relevance(network_input(stacked, cached_model(model)), preset, device, seed,
+                                  max_voxels=max_voxels, resamples=resamples, progress=progress)
 
-    def apply(sr):
-        return write_relevance(sr.maps, stacked, name, sr.shares,
-                               {"n_tumor": sr.n_tumor, "n_background": sr.n_background, "n_excluded": sr.n_excluded,
-                                "n_predicted_tumor": sr.n_predicted_tumor, "preset": str(preset), "seed": seed},
-                               scene, {"p2.5": sr.low, "p97.5": sr.high, "expected": sr.expected})
-
-    return Task("Sequence relevance", compute, apply, list(stacked.messages))
+    return Task("Sequence relevance", compute, lambda e: write_explanation(e, stacked, name, scene),
+                list(stacked.messages))
 
 
 def analyze_sequences(inputs=None, model="bundled", preset="recommended", device="auto", seed: int = 0,
@@ -207,5 +183,3 @@ def analyze_sequences(inputs=None, model="bundled", preset="recommended", device
     """Blocking :func:`analyze_sequences_task`."""
     return _run_blocking(analyze_sequences_task(inputs, model, preset, device, seed, name, scene=scene),
                          progress, cancel)
-
-

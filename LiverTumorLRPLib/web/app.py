@@ -27,6 +27,7 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from .. import slicer_logic as sl
 from ..case_io import case_files, write_json
+from ..models import cached_model
 from ..presets import DEFAULT_PRESET, PRESETS
 from ..sequences import CLASS_NAMES, DISPLAY_NAMES, REFERENCE_KEY, SEQUENCE_KEYS
 from .jobs import JobRunner, one_line
@@ -193,12 +194,12 @@ class WebApp:
         return sl.stack_inputs(nodes, scene=self.scene)
 
     def _model(self):
-        """The chosen model, loaded now (slicer_logic.get_model caches it): a file that does not load is named
+        """The chosen model, loaded now (models.cached_model keeps it): a file that does not load is named
         in the banner before any job starts."""
         spec = str(self.state.model or "").strip()
         spec = "bundled" if spec in ("", "bundled") else os.path.expanduser(spec)
         try:
-            return sl.get_model(spec)
+            return cached_model(spec)
         except Exception as exc:
             where = "the bundled model" if spec == "bundled" else f"model file {spec}"
             raise ValueError(f"{where} could not be loaded: {one_line(exc)}") from None

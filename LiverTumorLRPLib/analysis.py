@@ -1,0 +1,265 @@
+"""The case layer: one case through one model, with every result on the case's reference grid.
+
+prepare on the model's grid (its spacing, or nnU-Net's own preprocessing) -> predict -> segment by the
+model's labels (argmax; the lesion class by name) -> explain a region (Eq. 2) -> sequence relevance
+(Sec. 2.3) -> explanations of label components (true positives, false negatives).  The explanations are
+computed on the network grid, where Eq. 2 holds exactly; maps come back to the case grid, shares are those of
+the network grid.
+
+This is the only place where a case is computed.  The front ends -- the command line and cohorts
+(:mod:`.pipeline` writes files), the worker process (files for the Slicer module and batch runs), the
+in-process MRML tasks and the web page (:mod:`.mrml.tasks` writes nodes) -- only decide where results go.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .case_io import Case, read_case
+from .geometry import GridMap, grid_map
+from .model_info import ModelInfo, model_info
+from .progress import as_progress
+from .shares import shares_of
+
+DEFAULT_RESAMPLES = 10      # draws of the random region B for the spread of Sec. 2.3's shares
+
+
+def load(model):
+    """A network: ``model`` itself if it is one, else :func:`.models.load_model` of the spec (on the CPU)."""
+    from .models import load_model
+
+    return model if hasattr(model, "forward") else load_model(model, device="cpu")
+
+
+def as_case(case, net=None) -> Case:
+    """``case`` itself, or the case folder read with the model's channels."""
+    if isinstance(case, Case):
+        return case
+    return read_case(case, sequences=model_info(net).channels if net is not None else None)
+
+
+@dataclass
+class Prepared:
+    """A case as the network sees it: the normalised image on the network grid and the way back."""
+
+    case: Case
+    net: object
+    info: ModelInfo
+    grid: GridMap
+    image: np.ndarray   # (C, d, h, w) on the network grid
+
+
+def prepare(case, net) -> Prepared:
+    """Bring ``case`` onto ``net``'s grid (its spacing, or nnU-Net's own preprocessing); a case already prepared
+    for ``net`` is returned as it is."""
+    if isinstance(case, Prepared):
+        if case.net is net:
+            return case
+        case = case.case
+    info = model_info(net)
+    case = as_case(case, net)
+    if tuple(case.channels) != tuple(info.channels):
+        raise ValueError(f"case {case.name} has the sequences {', '.join(case.channels)} but the model expects "
+                         f"{', '.join(info.channels)} in that order")
+    grid = net.grid_map_for(case) if hasattr(net, "grid_map_for") else grid_map(info, case)
+    src = case.raw if getattr(grid, "wants_raw", False) else case.image
+    if src is None:
+        raise ValueError(f"case {case.name}: the model needs the un-normalised images (read the case with keep_raw)")
+    return Prepared(case, net, info, grid, grid.image_to_network(src))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two masks; 1.0 when both are empty."""
+    a, b = a.astype(bool), b.astype(bool)
+    denom = a.sum() + b.sum()
+    return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
+
+
+# ---- segmentation -----------------------------------------------------------------------------------------------
+@dataclass
+class Segmentation:
+    """The model's prediction of one case: lesion probability and labels on the case grid."""
+
+    prepared: Prepared = field(repr=False)
+    probability: np.ndarray          # (z, y, x) float32: probability of the lesion class, case grid
+    labels: np.ndarray               # (z, y, x) uint8: the predicted class of every voxel, case grid
+    network_labels: np.ndarray       # the same on the network grid (where the explanations run)
+    windows: int                     # sliding windows the network ran on
+    window_shape: tuple
+
+    @property
+    def segmentation(self) -> np.ndarray:
+        """The lesion mask (uint8) on the case grid."""
+        return (self.labels == self.prepared.info.lesion_index).astype(np.uint8)
+
+    @property
+    def network_lesion(self) -> np.ndarray:
+        return self.network_labels == self.prepared.info.lesion_index
+
+    def summary(self) -> dict:
+        """Voxel count, volume, class, grids and windows (and Dice against the case's label when it has one)."""
+        p, seg = self.prepared, self.segmentation
+        out = {"case": p.case.name, "tumor_voxels": int(seg.sum()),
+               "tumor_volume_ml": float(seg.sum() * p.case.voxel_volume_mm3 / 1000.0),
+               "lesion_class": p.info.lesion, "network_grid": list(p.image.shape[1:]),
+               "network_spacing": list(p.grid.network_spacing) if p.grid.network_spacing else None,
+               "windows": self.windows, "window_shape": list(self.window_shape)}
+        if p.case.label is not None:
+            out["dice"] = dice(seg, p.case.label > 0)
+        return out
+
+
+def segment(p: Prepared, device="auto", patch_size=None, progress=None) -> Segmentation:
+    """Predict on the network grid; probabilities come back linearly interpolated, labels by nearest neighbour
+    (nnU-Net: its export, which resamples the logits and takes the argmax there)."""
+    from .inference import plan_for, predict_logits, probabilities
+
+    prog = as_progress(progress)
+    logits = predict_logits(p.net, p.image, device=device, patch_size=patch_size, progress=prog.part(0, 0.9))
+    probs = probabilities(logits)
+    labels_net = probs.argmax(axis=0).astype(np.uint8)
+    prob = p.grid.to_case(probs[p.info.lesion_index], "probability").astype(np.float32)
+    labels = p.grid.to_case(logits if getattr(p.grid, "wants_raw", False) else labels_net,
+                            "segmentation").astype(np.uint8)
+    plan = plan_for(p.info, p.image.shape[1:], patch_size)
+    prog(1.0, "segmented")
+    return Segmentation(p, prob, labels, labels_net, len(plan.windows), tuple(plan.patch))
+
+
+# ---- explanations -----------------------------------------------------------------------------------------------
+@dataclass
+class Explanation:
+    """Relevance per sequence on the case grid and its shares: the one result every front end shows.
+
+    ``shares`` (channel sums over the total, summing to 1), ``positive`` and ``negative`` (the mass of each sign
+    over the total; ``shares = positive + negative``) are those of the network grid, where Eq. 2 holds exactly."""
+
+    title: str
+    maps: np.ndarray                 # (C, z, y, x) float32 on the case grid
+    shares: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+    channels: tuple
+    display_names: tuple
+    details: dict = field(default_factory=dict)      # counts and options (n_voxels, n_excluded, preset, ...)
+    region: Optional[np.ndarray] = field(default=None, repr=False)   # the explained region, case grid (Eq. 2)
+    interval: dict = field(default_factory=dict)     # Sec. 2.3's spread over draws of B (relevance_p2.5, ...)
+
+    @property
+    def most_relevant(self) -> str:
+        return self.channels[int(np.argmax(self.shares))]
+
+
+def region_mask(spec, p: Prepared, seg: Optional[Segmentation] = None):
+    """(mask on the case grid, mask on the network grid, description) of a region.
+
+    ``tumor`` / ``background``: the predicted lesion / everything else, taken on the network grid itself;
+    a bool array on the case grid; or the path of a mask file on the case's reference grid."""
+    if spec is None or (isinstance(spec, str) and spec in ("tumor", "background")):
+        if seg is None:
+            raise ValueError("a predicted region needs the segmentation")
+        background = spec == "background"
+        net_mask = ~seg.network_lesion if background else seg.network_lesion
+        mask = seg.segmentation.astype(bool)
+        desc = f"predicted {'background' if background else p.info.lesion}"
+        return (~mask if background else mask), net_mask, desc
+    if isinstance(spec, np.ndarray):
+        mask, desc = spec.astype(bool), "region"
+    else:
+        from .case_io import label_on_grid, read_image
+
+        mask = label_on_grid(read_image(str(spec), "region mask"), p.case.reference, str(spec)) > 0
+        desc = f"mask {os.path.basename(str(spec))}"
+        if not mask.any():
+            raise ValueError(f"region mask {spec}: no voxel is set")
+    if mask.shape != p.case.shape:
+        raise ValueError(f"the region has shape {mask.shape}, the case {p.case.shape}")
+    return mask, p.grid.mask_to_network(mask), desc
+
+
+def _explanation(p: Prepared, title: str, maps_net: np.ndarray, details: dict, region=None, interval=None):
+    shares, positive, negative = shares_of(maps_net)
+    maps = p.grid.to_case(maps_net, "relevance").astype(np.float32)
+    return Explanation(title, maps, shares, positive, negative, tuple(p.info.channels),
+                       tuple(p.info.display_names), details, region, interval or {})
+
+
+def explain_region(p: Prepared, region="tumor", cls="tumor", preset="recommended", device="auto",
+                   seg: Optional[Segmentation] = None, patch_size=None, progress=None) -> Explanation:
+    """Eq. 2: relevance of ``region`` for class ``cls`` (a name of the model's classes, or its index)."""
+    from .explain import region_relevance
+
+    prog = as_progress(progress)
+    if seg is None and (region is None or isinstance(region, str) and region in ("tumor", "background")):
+        seg, prog = segment(p, device, patch_size, prog.part(0.0, 0.2)), prog.part(0.2, 1.0)
+    mask, mask_net, desc = region_mask(region, p, seg)
+    if not mask_net.any():
+        raise ValueError(f"{p.case.name}: the region ({desc}) is empty")
+    c = p.info.class_index(cls)
+    res = region_relevance(p.net, p.image, mask_net, cls=c, preset=preset, device=device, patch_size=patch_size,
+                           progress=prog)
+    name = p.info.classes[c]
+    details = {"region": desc, "class": name, "preset": preset if isinstance(preset, str) else repr(preset),
+               "n_voxels": res.n_voxels, "n_excluded": res.n_excluded}
+    return _explanation(p, f"{name}-class relevance of {desc}", res.maps, details, mask)
+
+
+def sequence_relevance(p: Prepared, preset="recommended", device="auto", seed: int = 0, background: str = "random",
+                       max_voxels: Optional[int] = None, resamples: int = DEFAULT_RESAMPLES, patch_size=None,
+                       progress=None) -> Explanation:
+    """Sec. 2.3: ``M = M_B^0 + M_T^1`` per sequence, normalised to sum 1; with ``resamples`` draws of B their
+    spread and the exact expectation over B (:func:`.explain.sequence_relevance_interval`)."""
+    from .explain import sequence_relevance as sec23, sequence_relevance_interval
+
+    kw = dict(preset=preset, device=device, seed=seed, background=background, max_voxels=max_voxels,
+              patch_size=patch_size, progress=progress)
+    res = sequence_relevance_interval(p.net, p.image, resamples=resamples, **kw) if resamples else sec23(
+        p.net, p.image, **kw)
+    details = {"analysis": "sequence relevance (Sec. 2.3): M = M_B^0 + M_T^1",
+               "preset": preset if isinstance(preset, str) else repr(preset), "background_choice": background,
+               "seed": seed, **{k: v for k, v in res.as_dict().items() if k.startswith("n_")},
+               "lesion_class": res.lesion}
+    interval = {}
+    if resamples:
+        interval = {"resamples": resamples, "relevance_mean": res.mean, "relevance_std": res.std,
+                    "relevance_p2.5": res.low, "relevance_p97.5": res.high, "relevance_expected": res.expected}
+    return _explanation(p, "sequence relevance", res.maps, details, None, interval)
+
+
+def label_components(label: np.ndarray, segmentation: np.ndarray, max_components: int) -> list:
+    """The largest true-positive and false-negative connected components of ``label`` (at most
+    ``max_components`` of each kind), as (kind, mask) pairs on the case grid."""
+    from scipy import ndimage
+
+    comps, n = ndimage.label(label > 0)
+    sizes = ndimage.sum(np.ones_like(comps), comps, index=np.arange(1, n + 1))
+    found = {"true positive": [], "false negative": []}
+    for idx in np.argsort(sizes)[::-1]:
+        region = comps == idx + 1
+        kind = "true positive" if (segmentation.astype(bool) & region).any() else "false negative"
+        if len(found[kind]) < max_components:
+            found[kind].append(region)
+    return [(kind, region) for kind, regions in found.items() for region in regions]
+
+
+def explain_components(p: Prepared, seg: Segmentation, preset="recommended", device="auto", max_components: int = 2,
+                       patch_size=None) -> list:
+    """Lesion-class Eq. 2 relevance of the largest true-positive and false-negative components of the case's label
+    (on the network grid, like every explanation), as :class:`Explanation` with ``details["kind"]``."""
+    if p.case.label is None:
+        return []
+    out = []
+    for kind, region in label_components(p.case.label, seg.segmentation, max_components):
+        e = explain_region(p, region, p.info.lesion, preset, device, seg, patch_size)
+        e.details["kind"] = kind
+        e.title = f"{p.info.lesion}-class relevance of a {kind} ({int(region.sum())} voxels)"
+        out.append(e)
+    return out
+
+
+__all__ = ["Prepared", "Segmentation", "Explanation", "load", "as_case", "prepare", "segment", "explain_region",
+           "sequence_relevance", "explain_components", "label_components", "region_mask", "dice",
+           "DEFAULT_RESAMPLES"]
