@@ -1,4 +1,5 @@
 """Liver tumor segmentation in six-sequence liver MRI, explained with layer-wise relevance propagation."""
+import contextlib
 import enum
 import importlib
 import importlib.util
@@ -6,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from typing import Annotated, Optional
 
 import qt
@@ -18,6 +20,16 @@ from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.parameterNodeWrapper.guiConnectors import GuiConnector
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
+
+try:  # Slicer >= 5.3: texts marked for translation
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # older Slicer: the texts as they are
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
 
 
 def _libraryFolder() -> str:
@@ -48,23 +60,34 @@ def _importBundledLibrary():
     return LiverTumorLRPLib
 
 
+def _forgetLibrary(package: str = "LiverTumorLRPLib", modules: Optional[dict] = None) -> list:
+    """Drop the library's modules from ``sys.modules`` (Reload): the reloaded module file then imports each of
+    them anew when first used, after the modules it imports itself (their dependency order), so no class of
+    the old code is left behind (``importlib.reload`` in name order would reload a module before the ones it
+    imports from).  Returns the names dropped."""
+    modules = sys.modules if modules is None else modules
+    names = [n for n in list(modules) if n == package or n.startswith(package + ".")]
+    for name in names:
+        del modules[name]
+    return names
+
+
 _importBundledLibrary()
 
+from LiverTumorLRPLib import slicer_deps  # noqa: E402  (no torch, no numpy: only what is installed)
 from LiverTumorLRPLib.sequences import SEQUENCE_KEYS  # noqa: E402  (no torch needed)
 
 # Names of LiverTumorLRPLib.presets.PRESETS (kept here so that the module loads before torch is installed).
 PRESET_NAMES = ["recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-beta1", "epsilon-plus-flat",
                 "reference-blur", "reference-mean"]
-# Python packages the worker needs besides torch; never numpy, SimpleITK or vtk (Slicer's own).
-PIP_REQUIREMENTS = {"safetensors": "safetensors>=0.4,<1", "scipy": "scipy>=1.9,<2", "tqdm": "tqdm>=4.60,<5",
-                    "matplotlib": "matplotlib>=3.6,<4"}
-# The phantom case needs only these (numpy and SimpleITK come with Slicer).
-PHANTOM_REQUIREMENTS = ("scipy",)
-TORCH_REQUIREMENT = ">=2.1"
 # parameter field of each sequence's volume selector
 SEQUENCE_FIELDS = {"T2": "t2Volume", "T1_plain": "t1PlainVolume", "T1_20s": "t1_20sVolume",
                    "T1_60s": "t1_60sVolume", "T1_120s": "t1_120sVolume", "T1_15min": "t1_15minVolume"}
 HOMEPAGE = "https://github.com/LiverTumorLRP/SlicerLiverTumorLRP#readme"
+# The generated phantom case in the Sample Data module (its files are made on request, see phantomSampleFiles)
+PHANTOM_SAMPLE = "LiverTumorLRPPhantom"
+PHANTOM_URI = "phantom://LiverTumorLRP/seed0/"
+PHANTOM_SHAPE, PHANTOM_SPACING = (32, 96, 96), (4.0, 3.0, 3.0)
 
 
 #
@@ -76,27 +99,101 @@ class LiverTumorLRP(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Liver Tumor LRP"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("Liver Tumor LRP")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["LiverTumorLRP developers"]
-        self.parent.helpText = f"""
+        self.parent.helpText = _("""
 Segments liver tumors in six-sequence liver MRI (T2, T1 plain, T1 20 s, 60 s, 120 s and 15 min after gadoxetate)
 with a 3D u-net and explains each segmentation with layer-wise relevance propagation (LRP): the relevance of any
 region (a segment, the predicted tumor or background, one markup point) per sequence, and the share of each MRI
 sequence in the tumor-vs-background decision (sequence relevance). The inputs are resampled to the T1 15 min grid.
 <br>The work runs in a separate Python process (Cancel stops it); PyTorch and a few packages are installed on first
-use after one confirmation. See the <a href="{HOMEPAGE}">README</a> for the workflow, the outputs and the batch mode.
-"""
-        self.parent.acknowledgementText = """
+use after one confirmation. See the <a href="{homepage}">README</a> for the workflow, the outputs and the batch
+mode.
+""").format(homepage=HOMEPAGE)
+        self.parent.acknowledgementText = _("""
 Method: Chlebus G, Abolmaali N, Schenk A, Meine H. Relevance analysis of MRI sequences for automatic liver tumor
 segmentation. Medical Imaging with Deep Learning (MIDL) 2019, extended abstract.
-"""
-        slicer.app.connect("startupCompleted()", registerSampleData)
+""")
+        slicer.app.connect("startupCompleted()", onStartupCompleted)
+
+
+def onStartupCompleted():
+    """Once Slicer has started: remove the job folders a crashed Slicer or worker left, offer the sample."""
+    removeStaleJobFolders()
+    registerSampleData()
+
+
+def jobFolder() -> Optional[str]:
+    """Where worker jobs write their files: Slicer's temporary folder (Application settings), else the system's."""
+    app = getattr(slicer, "app", None)
+    path = getattr(app, "temporaryPath", None) if app is not None else None
+    return path or None
+
+
+def removeStaleJobFolders() -> list:
+    """Remove the job folders of workers that no longer run, left by a crash or a kill (logged)."""
+    folder = jobFolder()
+    if not folder:
+        return []
+    from LiverTumorLRPLib.worker import remove_stale_job_folders
+
+    try:
+        return remove_stale_job_folders(folder)
+    except Exception as exc:  # never in the way of start-up
+        logging.warning(f"LiverTumorLRP: could not check {folder} for stale job folders: {exc}")
+        return []
+
+
+def phantomSampleFiles(folder: str, seed: int = 0, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING) -> dict:
+    """The phantom case as files for the Sample Data module (made once): file name -> (path, node name, type).
+
+    Six NRRD volumes named as :func:`LiverTumorLRPLib.slicer_logic.add_phantom_case` names them (so the inputs
+    are assigned automatically) and the reference tumor as a labelmap loaded as a segmentation.
+    """
+    from LiverTumorLRPLib.case_io import write_image
+    from LiverTumorLRPLib.mrml.inputs import PHANTOM_NAMES
+    from LiverTumorLRPLib.phantom import generate_case
+
+    files = {f"{PHANTOM_SAMPLE}-{key}.nrrd": (f"Phantom {PHANTOM_NAMES[key]}", "VolumeFile") for key in SEQUENCE_KEYS}
+    files[f"{PHANTOM_SAMPLE}-reference.nrrd"] = ("Phantom reference", "SegmentationFile")
+    out = {name: (os.path.join(folder, name), node, kind) for name, (node, kind) in files.items()}
+    if not all(os.path.isfile(path) for path, _node, _kind in out.values()):
+        import numpy as np
+
+        case = generate_case(seed, shape=shape, spacing=spacing)
+        reference = case.reference()
+        os.makedirs(folder, exist_ok=True)
+        for key in SEQUENCE_KEYS:
+            write_image(case.images[key], reference, out[f"{PHANTOM_SAMPLE}-{key}.nrrd"][0], dtype=np.float32)
+        write_image((case.label > 0).astype(np.uint8), reference, out[f"{PHANTOM_SAMPLE}-reference.nrrd"][0],
+                    dtype=np.uint8)
+    return out
+
+
+def phantomSampleUrl(url: str, folder: Optional[str] = None, ensure=None) -> str:
+    """Sample Data URL rewrite rule (Slicer >= 5.10): ``phantom://LiverTumorLRP/seed0/<file>`` -> the ``file://``
+    URL of that file, made on first use (``ensure()``: the dependencies; False leaves the URL as it is).
+    Any other URL is returned unchanged."""
+    if not url.startswith(PHANTOM_URI):
+        return url
+    if ensure is not None and not ensure():
+        return url
+    import pathlib
+
+    folder = folder or os.path.join(jobFolder() or tempfile.gettempdir(), "LiverTumorLRP-phantom")
+    files = phantomSampleFiles(folder)
+    name = url[len(PHANTOM_URI):]
+    if name not in files:
+        raise ValueError(f"unknown phantom sample file {name!r}")
+    return pathlib.Path(files[name][0]).resolve().as_uri()
 
 
 def registerSampleData():
-    """Offer the generated phantom case in the Sample Data module, when it exists."""
+    """Offer the generated phantom case in the Sample Data module, when it exists: its button (a custom
+    downloader) and, on Slicer >= 5.10, ``SampleData.downloadSample("LiverTumorLRPPhantom")`` too (a URL rewrite
+    rule turns its ``phantom://`` URIs into files made on request)."""
     try:
         import SampleData
     except ImportError:
@@ -104,20 +201,35 @@ def registerSampleData():
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
 
     def loadPhantom(*args, **kwargs):
-        with slicer.util.tryWithErrorDisplay("Failed to load the phantom case.", waitCursor=False):
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the phantom case."), waitCursor=False):
             logic = LiverTumorLRPLogic()
-            if not logic.ensureDependencies(PHANTOM_REQUIREMENTS):
+            if not logic.ensureDependencies(slicer_deps.PHANTOM):
                 return None
-            logic.loadPhantomCase()
-            return os.path.join(iconsPath, "LiverTumorLRP.png")
+            with slicer.util.WaitCursor():
+                nodes = logic.loadPhantomCase()
+            return list(nodes.values())
         return None
 
+    def ensure():
+        return LiverTumorLRPLogic().ensureDependencies(slicer_deps.PHANTOM)
+
+    names = [f"{PHANTOM_SAMPLE}-{key}.nrrd" for key in SEQUENCE_KEYS] + [f"{PHANTOM_SAMPLE}-reference.nrrd"]
+    from LiverTumorLRPLib.mrml.inputs import PHANTOM_NAMES
+
+    nodeNames = [f"Phantom {PHANTOM_NAMES[key]}" for key in SEQUENCE_KEYS] + ["Phantom reference"]
     try:
-        SampleData.SampleDataLogic.registerCustomSampleDataSource(
-            category="Liver Tumor LRP", sampleName="LiverTumorLRPPhantom",
+        logic = SampleData.SampleDataLogic
+        logic.registerCustomSampleDataSource(
+            category="Liver Tumor LRP", sampleName=PHANTOM_SAMPLE,
             thumbnailFileName=os.path.join(iconsPath, "LiverTumorLRP.png"),
-            uris="phantom://LiverTumorLRP/seed0", fileNames="LiverTumorLRPPhantom", nodeNames="Phantom",
-            loadFiles=False, customDownloader=loadPhantom)
+            uris=[PHANTOM_URI + n for n in names], fileNames=names, nodeNames=nodeNames,
+            loadFileTypes=["VolumeFile"] * len(SEQUENCE_KEYS) + ["SegmentationFile"],
+            customDownloader=loadPhantom)
+        if hasattr(logic, "registerUrlRewriteRule"):
+            logic.registerUrlRewriteRule("LiverTumorLRPPhantom", lambda url: phantomSampleUrl(url, ensure=ensure))
+        else:  # Slicer 5.8: only the Sample Data button makes the phantom
+            logging.info("LiverTumorLRP: this Sample Data module has no URL rewrite rules; the phantom case "
+                         "loads from its button or the module's 'Load phantom case'")
     except Exception as exc:  # an older/newer SampleData API: the module's own button still works
         logging.warning(f"LiverTumorLRP: could not register the phantom sample data: {exc}")
 
@@ -297,10 +409,10 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateRegionWidgets()
 
     def onReload(self) -> None:
-        """Reload the library too (developer mode)."""
+        """Reload the library too (developer mode): its modules are dropped and imported anew, in the order they
+        import each other, by the reloaded module file (see _forgetLibrary)."""
         self.stopJob()
-        for name in sorted(n for n in sys.modules if n.startswith("LiverTumorLRPLib.")):
-            importlib.reload(sys.modules[name])
+        _forgetLibrary()
         super().onReload()
 
     def autoAssignInputs(self, overwrite: bool = False) -> None:
@@ -327,10 +439,11 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.modelPath = path
 
     def onLoadPhantom(self) -> None:
-        if not self.logic.ensureDependencies(PHANTOM_REQUIREMENTS):
-            self.log(f"The phantom case needs {', '.join(PHANTOM_REQUIREMENTS)}; not installed.")
+        if not self.logic.ensureDependencies(slicer_deps.PHANTOM):
+            self.log(_("The phantom case needs {packages}; not installed.").format(
+                packages=", ".join(slicer_deps.PHANTOM)))
             return
-        with slicer.util.tryWithErrorDisplay("Failed to load the phantom case.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the phantom case."), waitCursor=True):
             self.logic.loadPhantomCase(seed=self._parameterNode.seed)
             self.autoAssignInputs(overwrite=True)
             self.log("Phantom case loaded.")
@@ -356,9 +469,9 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.stopJob()
             return
         if not self.logic.ensureDependencies():  # asks (once) before the wait cursor
-            self.log("PyTorch and the other Python packages are not installed; nothing started.")
+            self.log(_("PyTorch and the other Python packages are not installed; nothing started."))
             return
-        with slicer.util.tryWithErrorDisplay("Could not start.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not start."), waitCursor=True):
             job = makeJob()
             self.job, self.jobButton = job.start(), button
             self.setRunning(True)
@@ -395,7 +508,14 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             self.timer.stop()
             return
-        finished = job.poll()
+        # the worker has ended: this poll loads its results (six relevance maps can take seconds)
+        loading = job.state == "running" and job.worker is not None and not job.worker.running()
+        if loading:
+            self.log(_("{title}: loading the results...").format(title=job.title))
+        with slicer.util.WaitCursor() if loading else contextlib.nullcontext():
+            finished = job.poll()
+            if finished and job.state == "done":
+                self.logic.showResult(job.result)
         self.ui.progressBar.value = int(100 * job.fraction)
         self.showMessages()
         if not finished:
@@ -404,7 +524,7 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setRunning(False)
         self.jobButton = None
         if job.state == "failed":
-            slicer.util.errorDisplay(f"{job.title} failed: {job.error}")
+            slicer.util.errorDisplay(_("{title} failed: {error}").format(title=job.title, error=job.error))
         elif job.state == "done":
             self.ui.progressBar.value = 100
             self.log(self.logic.describe(job.result))
@@ -431,6 +551,30 @@ def pythonSlicerExecutable() -> str:
     return path
 
 
+def _slicerPackaging():
+    """``slicer.packaging`` of Slicer >= 5.11, whose ``pip_install`` takes a constraints file and shows its own
+    progress and error dialogs (so none of ours around it); None on older Slicer."""
+    try:
+        from slicer import packaging
+    except ImportError:
+        return None
+    import inspect
+
+    install = getattr(packaging, "pip_install", None)
+    try:
+        return packaging if install is not None and "constraints" in inspect.signature(install).parameters else None
+    except (TypeError, ValueError):
+        return None
+
+
+class _InstallFailed(Exception):
+    """An install step failed; ``shown``: Slicer has already shown the error (its own dialog, with the log)."""
+
+    def __init__(self, message: str, shown: bool = False):
+        super().__init__(message)
+        self.shown = shown
+
+
 class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
     """Module logic: builds worker jobs from the parameter node; the MRML work is in LiverTumorLRPLib.mrml."""
 
@@ -442,60 +586,83 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingPackages(names=None) -> list:
-        """Packages (import names) not installed; found without importing them (torch is never imported here)."""
-        importlib.invalidate_caches()
-        return [n for n in (names or ("torch", *PIP_REQUIREMENTS)) if importlib.util.find_spec(n) is None]
+        """The requirements not met (absent or too old), e.g. ``["torch>=2.1 (installed: 1.13.1)"]``; read from
+        the installed packages' metadata, nothing imported (torch is never imported in Slicer's process)."""
+        return [m.describe() for m in slicer_deps.missing(slicer_deps.requirements(names))]
 
     def ensureDependencies(self, names=None) -> bool:
-        """Install the missing packages (default: torch and the worker's packages); True when all are there.
+        """Install what is missing or too old (default: torch and the worker's packages); True when all are met.
 
-        One confirmation, asked before any wait cursor: ours, or PyTorchUtils' own when the PyTorch extension is
-        present and torch is missing (then no second dialog of ours). In testing mode nothing is asked. A second
-        call while installing (a second click) returns False at once.
+        One confirmation that lists every package, asked before any wait cursor (none in testing mode); then
+        torch (through light-the-torch as the PyTorch extension does when it is present, without torchvision;
+        else pip), the other packages with pip, all under constraints that keep Slicer's numpy, SimpleITK and
+        vtk; torch is then checked in a separate PythonSlicer process.  A second call while installing (a
+        second click) returns False at once.
         """
-        missing = self.missingPackages(names)
+        missing = slicer_deps.missing(slicer_deps.requirements(names))
         if not missing:
             return True
         if _DEPENDENCIES["installing"]:
             logging.info("LiverTumorLRP: the dependencies are being installed")
             return False
-        testing = slicer.app.testingEnabled()
-        torchUtils = self._pyTorchUtilsLogic() if "torch" in missing else None
-        others = [PIP_REQUIREMENTS.get(n, n) for n in missing if n != "torch"]
-        if not testing and torchUtils is None and not slicer.util.confirmOkCancelDisplay(
-                f"Liver Tumor LRP needs these Python packages: {', '.join(missing)}. Install them now?"
-                + (" (PyTorch may download about 2 GB.)" if "torch" in missing else ""), "Install dependencies"):
+        plan = slicer_deps.install_plan(missing, torch_utils=importlib.util.find_spec("PyTorchUtils") is not None)
+        if not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
+                slicer_deps.question(plan), _("Liver Tumor LRP: install Python packages")):
             return False
         _DEPENDENCIES["installing"] = True
         try:
-            if torchUtils is not None:
-                # its own single confirmation (none in testing mode)
-                if torchUtils.installTorch(askConfirmation=not testing,
-                                           torchVersionRequirement=TORCH_REQUIREMENT) is None:
-                    return False
-            elif "torch" in missing:
-                with slicer.util.WaitCursor():
-                    slicer.util.pip_install(f"torch{TORCH_REQUIREMENT}")
-            if others:
-                with slicer.util.WaitCursor():
-                    slicer.util.pip_install(others)
-        except Exception as exc:  # pip or light-the-torch failed: say so here, not only in the console
-            slicer.util.errorDisplay(f"Liver Tumor LRP: installing {', '.join(missing)} failed: {exc}")
+            self.install(plan)
+        except Exception as exc:  # one message: ours, unless Slicer's pip dialog has shown it already
+            logging.error(f"LiverTumorLRP: installing {', '.join(p.describe() for p in missing)} failed: {exc}")
+            if not getattr(exc, "shown", False):
+                slicer.util.errorDisplay(_("Liver Tumor LRP: installing the Python packages failed: {error}").format(
+                    error=exc))
             return False
         finally:
             _DEPENDENCIES["installing"] = False
         still = self.missingPackages(names)
         if still:
-            slicer.util.errorDisplay(f"Liver Tumor LRP: could not install {', '.join(still)}; see the Python console.")
+            slicer.util.errorDisplay(_("Liver Tumor LRP: still missing after the installation: {packages}; see the "
+                                       "Python console.").format(packages=", ".join(still)))
         return not still
 
+    def install(self, plan) -> None:
+        """Carry out a :class:`slicer_deps.InstallPlan` (no question asked here)."""
+        constraints = slicer_deps.write_constraints(jobFolder() or tempfile.gettempdir())
+        if plan.torch is not None:
+            if plan.use_ltt:
+                if plan.ltt_needed:
+                    self._pipInstall([slicer_deps.LIGHT_THE_TORCH], constraints)
+                self._runPythonModule("light_the_torch", slicer_deps.ltt_args(plan.torch, constraints))
+            else:
+                self._pipInstall([plan.torch], constraints)
+        if plan.pip:
+            self._pipInstall(plan.pip, constraints)
+        if plan.torch is not None:
+            with slicer.util.WaitCursor():
+                info = slicer_deps.check_torch(pythonSlicerExecutable(), plan.torch)
+            logging.info(f"LiverTumorLRP: PyTorch {info['version']} works "
+                         f"({'CUDA available' if info['cuda'] else 'CPU only'})")
+
     @staticmethod
-    def _pyTorchUtilsLogic():
-        try:
-            import PyTorchUtils
-        except ImportError:
-            return None
-        return PyTorchUtils.PyTorchUtilsLogic()
+    def _pipInstall(requirements: list, constraints: str) -> None:
+        packaging = _slicerPackaging()
+        if packaging is not None:  # Slicer >= 5.11: its own progress dialog, and error dialog with the log
+            try:
+                packaging.pip_install(list(requirements), constraints=constraints, requester=_("Liver Tumor LRP"))
+            except Exception as exc:
+                raise _InstallFailed(f"pip install {' '.join(requirements)}: {exc}",
+                                     shown=not slicer.app.testingEnabled()) from exc
+            return
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(slicer_deps.pip_args(requirements, constraints))
+
+    @staticmethod
+    def _runPythonModule(module: str, args: list) -> None:
+        """``PythonSlicer -m module args`` (a separate process, its console hidden), blocking."""
+        run = getattr(slicer.util, "executePythonModule", None) or slicer.util._executePythonModule
+        with slicer.util.WaitCursor():
+            run(module, args)
 
     @staticmethod
     def _lib():
@@ -511,7 +678,7 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
     def model(parameterNode) -> str:
         return parameterNode.modelPath.strip() or "bundled"
 
-    def loadPhantomCase(self, seed: int = 0, shape=(32, 96, 96), spacing=(4.0, 3.0, 3.0)) -> dict:
+    def loadPhantomCase(self, seed: int = 0, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING) -> dict:
         """Generated phantom case (numpy, scipy, SimpleITK; no torch) as six volumes and a reference segmentation."""
         nodes = self._lib().add_phantom_case(seed, shape, spacing)
         slicer.util.setSliceViewerLayers(background=nodes["T1_15min"], fit=True)
@@ -519,7 +686,7 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
 
     def segmentJob(self, p, python=None):
         return self._lib().segment_job(self.inputs(p), self.model(p), p.device.value,
-                                       python=python or pythonSlicerExecutable())
+                                       python=python or pythonSlicerExecutable(), temp_dir=jobFolder())
 
     def region(self, p, segmentationNode=None, segmentId=None):
         lib = self._lib()
@@ -533,11 +700,18 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
     def explainJob(self, p, segmentationNode=None, segmentId=None, python=None):
         return self._lib().explain_region_job(self.inputs(p), self.model(p), self.region(p, segmentationNode, segmentId),
                                               p.explainClass, p.preset, p.device.value,
-                                              python=python or pythonSlicerExecutable())
+                                              python=python or pythonSlicerExecutable(), temp_dir=jobFolder())
 
     def sequenceRelevanceJob(self, p, python=None):
         return self._lib().analyze_sequences_job(self.inputs(p), self.model(p), p.preset, p.device.value, p.seed,
-                                                 python=python or pythonSlicerExecutable())
+                                                 python=python or pythonSlicerExecutable(), temp_dir=jobFolder())
+
+    def showResult(self, result) -> None:
+        """After a job: Slicer's colour legend on each relevance map, drawn in the slice views that show it."""
+        if isinstance(result, self._lib().ExplanationResult):
+            from LiverTumorLRPLib.mrml.nodes import relevance_legends
+
+            relevance_legends(result.volumes, getattr(result, "display_names", None))
 
     def describe(self, result) -> str:
         lib = self._lib()
@@ -552,8 +726,11 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
         returns (SegmentResult, ExplanationResult)."""
         lib = self._lib()
         python = python or pythonSlicerExecutable()
-        segmentation = lib.segment_job(inputs, model, device, python=python).run()
-        return segmentation, lib.analyze_sequences_job(inputs, model, preset, device, seed, python=python).run()
+        segmentation = lib.segment_job(inputs, model, device, python=python, temp_dir=jobFolder()).run()
+        relevance = lib.analyze_sequences_job(inputs, model, preset, device, seed, python=python,
+                                              temp_dir=jobFolder()).run()
+        self.showResult(relevance)
+        return segmentation, relevance
 
 
 #
@@ -587,7 +764,7 @@ class LiverTumorLRPTest(ScriptedLoadableModuleTest):
     def test_01_phantom_needs_no_torch(self):
         self.delayDisplay("Phantom case (numpy, scipy, SimpleITK only)")
         logic = LiverTumorLRPLogic()
-        self.assertTrue(logic.ensureDependencies(PHANTOM_REQUIREMENTS))
+        self.assertTrue(logic.ensureDependencies(slicer_deps.PHANTOM))
         hadTorch = "torch" in sys.modules
         nodes = self._phantom()
         self.assertEqual(sorted(nodes), sorted(SEQUENCE_KEYS))
@@ -596,9 +773,14 @@ class LiverTumorLRPTest(ScriptedLoadableModuleTest):
             self.assertNotIn("torch", sys.modules)
 
     def test_02_dependencies_install_without_asking(self):
-        self.delayDisplay("Dependencies (installed without a question in testing mode)")
+        self.delayDisplay("Dependencies (installed without a question in testing mode; torch never imported here)")
+        hadTorch = "torch" in sys.modules
         self.assertTrue(LiverTumorLRPLogic().ensureDependencies())
         self.assertEqual(LiverTumorLRPLogic.missingPackages(), [])
+        info = slicer_deps.check_torch(pythonSlicerExecutable())      # imported in a separate process
+        self.assertTrue(slicer_deps.satisfied(slicer_deps.REQUIREMENTS["torch"], info["version"]))
+        if not hadTorch:
+            self.assertNotIn("torch", sys.modules)
 
     def _run(self, job):
         job.start()
@@ -619,7 +801,9 @@ class LiverTumorLRPTest(ScriptedLoadableModuleTest):
         lib = logic._lib()
         nodes = self._phantom()
         python = pythonSlicerExecutable()
-        seg = self._run(lib.segment_job(nodes, "bundled", "cpu", python=python))
+        job = lib.segment_job(nodes, "bundled", "cpu", python=python, temp_dir=jobFolder())
+        seg = self._run(job)
+        self.assertEqual(os.path.dirname(job.job_dir), os.path.normpath(slicer.app.temporaryPath))
         self.assertTrue(seg.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Tumor"))
         self.assertGreater(seg.n_tumor, 0)
         self._assertSameGeometry(seg.probability, nodes["T1_15min"])
@@ -633,6 +817,11 @@ class LiverTumorLRPTest(ScriptedLoadableModuleTest):
             self.assertAlmostEqual(float(sum(result.shares)), 1.0, places=5)
             self.assertEqual(result.table.GetTable().GetNumberOfRows(), 6)
             self.assertEqual(result.chart.GetNumberOfPlotSeriesNodes(), 6)
+            logic.showResult(result)
+            for node in result.volumes.values():
+                legend = slicer.modules.colors.logic().GetColorLegendDisplayNode(node)
+                self.assertIsNotNone(legend)
+                self.assertTrue(legend.GetVisibility2D())
 
     def test_04_cancel_adds_nothing(self):
         self.delayDisplay("Cancel: the worker process is stopped, nothing is added")
@@ -647,4 +836,17 @@ class LiverTumorLRPTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(job.worker.process.poll())
         self.assertFalse(os.path.exists(jobDir))
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+
+    def test_05_phantom_through_sample_data(self):
+        self.delayDisplay("The phantom case through SampleData.downloadSample (Slicer >= 5.10)")
+        import SampleData
+
+        if not hasattr(SampleData.SampleDataLogic, "registerUrlRewriteRule"):
+            self.delayDisplay("This Sample Data module has no URL rewrite rules: the button only")
+            return
+        self.assertTrue(LiverTumorLRPLogic().ensureDependencies(slicer_deps.PHANTOM))
+        nodes = SampleData.downloadSamples(PHANTOM_SAMPLE)
+        self.assertEqual(len(nodes), len(SEQUENCE_KEYS) + 1)
+        self.assertEqual(sorted(LiverTumorLRPLogic._lib().assign_sequences()), sorted(SEQUENCE_KEYS))
+        self.assertTrue(nodes[-1].IsA("vtkMRMLSegmentationNode"))
         self.delayDisplay("Test passed")

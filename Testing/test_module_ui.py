@@ -3,6 +3,8 @@ test_packaging.py)."""
 import ast
 import os
 import re
+import sys
+import typing
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -112,8 +114,144 @@ def test_module_imports_no_torch_at_top_level(tree):
 
 
 def test_preset_names_match_the_library(tree):
-    from LiverTumorLRPLib.presets import PRESETS
+    from LiverTumorLRPLib.lrp.presets import PRESETS
 
     value = next(n.value for n in tree.body if isinstance(n, ast.Assign)
                  and any(isinstance(t, ast.Name) and t.id == "PRESET_NAMES" for t in n.targets))
     assert ast.literal_eval(value) == list(PRESETS)
+
+
+# ---- conventions of Slicer >= 5.3 modules, dependencies, Reload, the phantom sample -----------------------------
+def module_function(tree, name):
+    return next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def module_constants(tree, *names):
+    """Top-level literal constants of the module (also ``A, B = 1, 2``)."""
+    out = {}
+    for n in tree.body:
+        if isinstance(n, ast.Assign) and len(n.targets) == 1:
+            target = n.targets[0]
+            pairs = zip(target.elts, n.value.elts) if isinstance(target, ast.Tuple) else [(target, n.value)]
+            out.update({t.id: ast.literal_eval(v) for t, v in pairs if isinstance(t, ast.Name) and t.id in names})
+    assert sorted(out) == sorted(names)
+    return out
+
+
+def exec_functions(tree, names, namespace):
+    """The module's top-level functions ``names``, run from its source (the rest of it needs Qt)."""
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    assert sorted(f.name for f in funcs) == sorted(names)
+    exec(compile(ast.Module(funcs, []), MODULE, "exec"), namespace)
+    return namespace
+
+
+def test_module_texts_are_marked_for_translation(tree):
+    """title, category, help and acknowledgement through _() / translate() as Slicer >= 5.3 modules do, with a
+    fallback for older Slicer."""
+    fallback = next(n for n in tree.body if isinstance(n, ast.Try) and "slicer.i18n" in ast.unparse(n))
+    assert [h.type.id for h in fallback.handlers] == ["ImportError"]
+    assert {f.name for f in fallback.handlers[0].body if isinstance(f, ast.FunctionDef)} == {"_", "translate"}
+    init = next(f for f in next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LiverTumorLRP").body
+                if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    values = {ast.unparse(a.targets[0]).split(".")[-1]: ast.unparse(a.value) for a in init.body
+              if isinstance(a, ast.Assign)}
+    assert values["title"] == "_('Liver Tumor LRP')"
+    assert values["categories"] == "[translate('qSlicerAbstractCoreModule', 'Segmentation')]"
+    assert values["helpText"].startswith("_('\\nSegments") and values["helpText"].endswith(".format(homepage=HOMEPAGE)")
+    assert values["acknowledgementText"].startswith("_(")
+
+
+def test_dependencies_never_import_torch_in_slicer(tree):
+    """One question (ours), no PyTorchUtils.installTorch (its own dialog, torchvision, torch imported in Slicer's
+    process); on Slicer >= 5.11 pip's own dialogs are not doubled by a wait cursor or a second error."""
+    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+               and id(n) not in docstrings]
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "installTorch" not in names and not any("torchvision" in s for s in strings)
+    assert not {n for n in imported if n.split(".")[0] == "torch"}
+    ensure = module_function(tree, "ensureDependencies")
+    calls = [ast.unparse(n.func) for n in ast.walk(ensure) if isinstance(n, ast.Call)]
+    assert calls.count("slicer.util.confirmOkCancelDisplay") == 1 and "slicer_deps.question" in calls
+    assert "getattr(exc, 'shown', False)" in ast.unparse(ensure)
+    pip = module_function(tree, "_pipInstall")
+    waits = [n for n in ast.walk(pip) if isinstance(n, ast.With) and "WaitCursor" in ast.unparse(n.items[0])]
+    new_api = next(n for n in ast.walk(pip) if isinstance(n, ast.Call) and ast.unparse(n.func) == "packaging.pip_install")
+    assert waits and not any(new_api in list(ast.walk(w)) for w in waits)
+    assert "constraints=constraints" in ast.unparse(new_api)
+    for name in ("segmentJob", "explainJob", "sequenceRelevanceJob"):
+        assert "temp_dir=jobFolder()" in ast.unparse(module_function(tree, name))
+    poll = ast.unparse(module_function(tree, "onPoll"))
+    assert "slicer.util.WaitCursor()" in poll and "self.logic.showResult(job.result)" in poll
+
+
+def test_reload_drops_every_library_module(tree):
+    """Reload drops the library's modules, so the reloaded module file imports each anew after what it imports."""
+    ns = exec_functions(tree, ["_forgetLibrary"], {"sys": sys, "Optional": typing.Optional})
+    import LiverTumorLRPLib.slicer_deps as old_deps
+    import LiverTumorLRPLib.worker  # noqa: F401
+
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "LiverTumorLRPLib"}
+    fake = {"LiverTumorLRPLib": 1, "LiverTumorLRPLib.mrml.nodes": 2, "LiverTumorLRPLibOther": 3, "numpy": 4}
+    assert sorted(ns["_forgetLibrary"](modules=fake)) == ["LiverTumorLRPLib", "LiverTumorLRPLib.mrml.nodes"]
+    assert fake == {"LiverTumorLRPLibOther": 3, "numpy": 4}
+    try:
+        dropped = ns["_forgetLibrary"]()
+        assert {"LiverTumorLRPLib", "LiverTumorLRPLib.slicer_deps", "LiverTumorLRPLib.worker"} <= set(dropped)
+        assert not [k for k in sys.modules if k.split(".")[0] == "LiverTumorLRPLib"]
+        import LiverTumorLRPLib.slicer_deps as new_deps
+
+        assert new_deps is not old_deps and new_deps.Missing is not old_deps.Missing
+        import LiverTumorLRPLib.worker as new_worker
+
+        assert new_worker.WorkerProcess is not saved["LiverTumorLRPLib.worker"].WorkerProcess     # imported anew
+    finally:
+        for k in [k for k in sys.modules if k.split(".")[0] == "LiverTumorLRPLib"]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def test_phantom_sample_files_for_sample_data(tree, tmp_path):
+    """SampleData.downloadSample's path (Slicer >= 5.10): the phantom:// URIs become file:// URLs of files made on
+    request, which load into MRML as Slicer loads them (six named volumes, the reference as a segmentation)."""
+    import pathlib
+
+    import slicer
+
+    from LiverTumorLRPLib import slicer_logic as sl
+    from LiverTumorLRPLib.mrml.inputs import PHANTOM_NAMES
+    from LiverTumorLRPLib.sequences import SEQUENCE_KEYS
+
+    consts = module_constants(tree, "PHANTOM_SAMPLE", "PHANTOM_URI", "PHANTOM_SHAPE", "PHANTOM_SPACING")
+    ns = exec_functions(tree, ["phantomSampleFiles", "phantomSampleUrl"],
+                        {"os": os, "tempfile": None, "Optional": typing.Optional, "SEQUENCE_KEYS": SEQUENCE_KEYS,
+                         "jobFolder": lambda: None, **consts})
+    files = ns["phantomSampleFiles"](str(tmp_path), shape=(16, 48, 48))
+    assert len(files) == 7 and all(os.path.isfile(path) for path, _, _ in files.values())
+    names = {node for _, node, kind in files.values() if kind == "VolumeFile"}
+    assert names == {f"Phantom {PHANTOM_NAMES[k]}" for k in SEQUENCE_KEYS}
+    stamps = {p: os.path.getmtime(p) for p, _, _ in files.values()}
+    for name, (path, _, _) in files.items():
+        url = ns["phantomSampleUrl"](consts["PHANTOM_URI"] + name, folder=str(tmp_path))
+        assert url == pathlib.Path(path).resolve().as_uri()
+    assert stamps == {p: os.path.getmtime(p) for p in stamps}                         # made once
+    other = "https://github.com/Slicer/SlicerTestingData/releases/download/x"
+    assert ns["phantomSampleUrl"](other, folder=str(tmp_path)) == other
+    declined = consts["PHANTOM_URI"] + next(iter(files))
+    assert ns["phantomSampleUrl"](declined, folder=str(tmp_path), ensure=lambda: False) == declined
+    with pytest.raises(ValueError, match="unknown phantom sample file"):
+        ns["phantomSampleUrl"](consts["PHANTOM_URI"] + "nothing.nrrd", folder=str(tmp_path))
+    with sl.headless_scene() as hs:
+        for path, node, kind in files.values():
+            if kind == "VolumeFile":
+                hs.logics["volumes"].AddArchetypeVolume(path, node)
+            else:
+                seg = hs.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", node)
+                storage = hs.scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+                storage.SetFileName(path)
+                assert storage.ReadData(seg) and seg.GetSegmentation().GetNumberOfSegments() == 1
+        assert sorted(sl.assign_sequences()) == sorted(SEQUENCE_KEYS)              # assigned by their names
+        assert slicer.util.arrayFromVolume(hs.scene.GetFirstNodeByName("Phantom T2")).shape == (16, 48, 48)
