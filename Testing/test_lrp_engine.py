@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from LiverTumorLRPLib import rules
+from LiverTumorLRPLib.lrp import rules
 from LiverTumorLRPLib.explain import (choose_background, region_relevance, region_relevance_loop, relevance,
                                       sequence_relevance)
 from LiverTumorLRPLib.inference import plan_patches, predict_logits

@@ -18,9 +18,9 @@ from zennit import rules as zr  # noqa: E402
 from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
 from zennit.composites import NameMapComposite  # noqa: E402
 
-from LiverTumorLRPLib import rules as ours  # noqa: E402
+from LiverTumorLRPLib.lrp import rules as ours  # noqa: E402
 from LiverTumorLRPLib.lrp import LRP  # noqa: E402
-from LiverTumorLRPLib.presets import PRESETS  # noqa: E402
+from LiverTumorLRPLib.lrp import PRESETS  # noqa: E402
 from lrp_models import random_input, random_unet  # noqa: E402
 
 

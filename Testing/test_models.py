@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from LiverTumorLRPLib import rules
+from LiverTumorLRPLib.lrp import rules
 from LiverTumorLRPLib.explain import region_relevance, region_relevance_loop
 from LiverTumorLRPLib.inference import model_divisor, predict
 from LiverTumorLRPLib.lrp import LRP

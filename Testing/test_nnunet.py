@@ -25,7 +25,7 @@ from LiverTumorLRPLib import explain  # noqa: E402
 from LiverTumorLRPLib.lrp import LRP  # noqa: E402
 from LiverTumorLRPLib.model_info import ModelInfo  # noqa: E402
 from LiverTumorLRPLib.nnunet import is_nnunet_folder, load_nnunet  # noqa: E402
-from LiverTumorLRPLib.presets import get_preset  # noqa: E402
+from LiverTumorLRPLib.lrp.presets import get_preset  # noqa: E402
 
 LIVER_CHANNELS = ["T2", "T1 plain", "T1 20s", "T1 60s", "T1 120s", "T1 15min"]
 BRAIN_CHANNELS = ["FLAIR", "T1", "T1ce", "T2"]

@@ -68,14 +68,14 @@ def floor_model(model, small):
     the floor of an LRP pass."""
     import copy
 
-    from LiverTumorLRPLib.lrp import _set_module
-    from LiverTumorLRPLib.rules import Gamma, ZBox
+    from LiverTumorLRPLib.lrp.canonize import set_module
+    from LiverTumorLRPLib.lrp.rules import Gamma, ZBox
 
     lrp = LRP(model, "recommended").build(small)
     floor = copy.deepcopy(lrp.model)
     for info in lrp.layers:
         conv = floor.get_submodule(info.name).module  # the RuleLayer's plain (folded) layer
-        _set_module(floor, info.name, Doubled(conv) if isinstance(lrp.rules[info.name], (Gamma, ZBox)) else conv)
+        set_module(floor, info.name, Doubled(conv) if isinstance(lrp.rules[info.name], (Gamma, ZBox)) else conv)
     floor.requires_grad_(False)
     return floor.eval()
 

@@ -7,7 +7,7 @@ LeakyReLU, PReLU, ELU) keeps its value and gets the secant ``(g(a) - g(a_ref)) /
 (the derivative ``g'(a)`` where ``|a - a_ref| < 1e-12``, i.e. where the difference is zero anyway).  Max-pooling
 takes the maxima at ``x``'s argmax positions for both (a gather, hence linear); InstanceNorm normalises both with
 ``x``'s statistics (constants of the pass).  The modified network is linear in the seeded relevance, so Eq. 2 and
-Sec. 2.3 keep their constant number of passes in :mod:`.explain`; with probe ``s`` the input is
+Sec. 2.3 keep their constant number of passes in :mod:`LiverTumorLRPLib.explain`; with probe ``s`` the input is
 ``x_ref + s (x - x_ref)``, and
 
 * ``M = d y(x) / d s`` (vjp) is the DeepLIFT-rescale attribution ``(x - x_ref) * multipliers``;
@@ -19,14 +19,13 @@ reference's maxima lie at ``x``'s argmax positions and (for InstanceNorm) its st
 otherwise completeness holds with respect to ``y~(x_ref)`` (reported by :meth:`ReferenceLRP.outputs`).
 
 References (``reference=``): ``"blur"`` (default; Gaussian, ``sigma`` voxels, or ``sigma_mm`` millimetres at the
-network's spacing from :func:`.model_info.model_info`; computed per patch, like ``validate.baseline_image``'s
-blurred baseline), ``"mean"`` (each sequence's normalised foreground mean, i.e. 0 after
-:mod:`.intensity`'s z-scoring), or per-sequence values (e.g. :func:`liver_means`: each sequence's
-liver-parenchyma mean).  Presets: ``reference-blur`` and ``reference-mean``.
+network's spacing from :func:`LiverTumorLRPLib.model_info.model_info`; computed per patch, like
+``validate.baseline_image``'s blurred baseline), ``"mean"`` (each sequence's normalised foreground mean, i.e. 0
+after :mod:`LiverTumorLRPLib.intensity`'s z-scoring), or per-sequence values (e.g. :func:`liver_means`: each
+sequence's liver-parenchyma mean).  Presets: ``reference-blur`` and ``reference-mean``, registered on import.
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import numpy as np
@@ -34,8 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lrp import (HEAD_TYPES, INSTANCE_NORM_TYPES, LRP, LRPError, _Guard, _on_relevance_path,
-                  _set_module, _trace)
+from .canonize import check_unchanged, drop_head, prepared_copy, set_module, trace
+from .core import LRPError
+from .engine import LRP
+from .guard import Guard, on_relevance_path
+from .presets import register_preset
+from .types import HEAD_TYPES, INSTANCE_NORM_TYPES
 
 SECANT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU)
 MAXPOOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
@@ -120,13 +123,13 @@ class _FixedNorm(_Wrapped):
             return out
 
 
-class _ReferenceGuard(_Guard):
+class _ReferenceGuard(Guard):
     """The LRP guard, with linear layers allowed as plain operations, and nonlinear functions that are not
     modules refused (they would get the gradient, not the secant)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if self.state.depth == 0 and name in _NONLINEAR_FUNCTIONS and _on_relevance_path(args):
+        if self.state.depth == 0 and name in _NONLINEAR_FUNCTIONS and on_relevance_path(args):
             raise LRPError(f"reference-based LRP needs nonlinearity {name!r} as a module (nn.ReLU, nn.MaxPool3d, "
                            "...); as a function call it would get the gradient instead of the secant")
         if name in _LINEAR_FUNCTIONS:
@@ -136,7 +139,8 @@ class _ReferenceGuard(_Guard):
 
 class ReferenceLRP(LRP):
     """DeepLIFT-rescale as an :class:`LRP` engine: the same ``forward`` / ``forward_with_sums`` / ``relevance``,
-    usable wherever an LRP object is (``preset="reference-blur"`` / ``"reference-mean"`` in :mod:`.explain`).
+    usable wherever an LRP object is (``preset="reference-blur"`` / ``"reference-mean"`` in
+    :mod:`LiverTumorLRPLib.explain`).
 
     ``reference``: ``"blur"``, ``"mean"`` or per-sequence values (C,); ``sigma`` (voxels) or ``sigma_mm`` for the
     blur."""
@@ -155,7 +159,7 @@ class ReferenceLRP(LRP):
     def _sigmas(self, ndim: int):
         if self.sigma_mm is None:
             return (self.sigma,) * ndim
-        from .model_info import model_info
+        from ..model_info import model_info
 
         spacing = model_info(self.source).spacing
         if spacing is None:
@@ -179,30 +183,23 @@ class ReferenceLRP(LRP):
         return v.to(x).expand_as(x)
 
     def build(self, x: torch.Tensor) -> "ReferenceLRP":
-        model = copy.deepcopy(self.source).eval().to(device=x.device, dtype=x.dtype)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        y_ref, calls, _, y_id, keep = _trace(model, x)
+        """A copy of the network with secant nonlinearities, argmax pooling and fixed InstanceNorm statistics."""
+        model = prepared_copy(self.source, x)
+        y_ref, calls, _, y_id, keep = trace(model, x)
         modules = dict(model.named_modules())
         for name, _, out in calls:
             m = modules[name]
             if isinstance(m, HEAD_TYPES):
-                if out != y_id:
-                    raise LRPError(f"{type(m).__name__} layer {name!r} is not the network's last operation; "
-                                   "LRP has no rule for it")
-                _set_module(model, name, nn.Identity())
-                y_ref = next(inp for inp, o in keep if id(o) == y_id)[0]  # the logits are explained
+                y_ref = drop_head(model, name, m, out, y_id, keep)
             elif isinstance(m, SECANT_TYPES):
-                _set_module(model, name, _Secant(m, self.state))
+                set_module(model, name, _Secant(m, self.state))
             elif isinstance(m, MAXPOOL_TYPES):
-                _set_module(model, name, _ArgmaxPool(m, self.state))
+                set_module(model, name, _ArgmaxPool(m, self.state))
             elif isinstance(m, INSTANCE_NORM_TYPES):
-                _set_module(model, name, _FixedNorm(m, self.state))
+                set_module(model, name, _FixedNorm(m, self.state))
         self.model, self.layers, self.rules = model, [], {}
         y = self._forward(x, torch.ones_like(x, requires_grad=True), None).detach()  # the guard needs the graph
-        err = float((y - y_ref).abs().max()) / max(float(y_ref.abs().max()), 1e-12)
-        if err > (1e-3 if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-8):
-            raise LRPError(f"the modified network differs from the original (relative error {err:.2e})")
+        check_unchanged(y, y_ref, x.dtype, "the modified network")
         return self
 
     def check_sequence_relevance(self):
@@ -229,6 +226,15 @@ class ReferenceLRP(LRP):
 def reference_lrp(model, preset: str) -> ReferenceLRP:
     """The engine of a reference preset (``reference-blur``, ``reference-mean``)."""
     return ReferenceLRP.from_preset(model, preset)
+
+
+def _not_a_rule_map(layers):
+    """The rule-map slot of a reference preset: there is none."""
+    raise ValueError("reference presets are not rule maps; build them with LiverTumorLRPLib.lrp.as_lrp")
+
+
+register_preset("reference-blur", _not_a_rule_map, engine=reference_lrp)
+register_preset("reference-mean", _not_a_rule_map, engine=reference_lrp)
 
 
 __all__ = ["ReferenceLRP", "REFERENCE_PRESETS", "liver_means", "reference_lrp"]

@@ -7,7 +7,7 @@ output ``z`` it applies to.  For a layer with input ``a`` and output ``z`` the r
     R_in = sum_g c_g sum_{k in g} in_k(a) * W_k^T (mask_g(z) z / stab(D_g) * R_out / z)
 
 which is zennit's ``BasicHook`` (input_modifiers, param_modifiers, gradient_mapper, reducer) with the terms
-that share a denominator summed.  :mod:`LiverTumorLRPLib.lrp` turns this into a forward pass whose value is
+that share a denominator summed.  :mod:`.layer` turns this into a forward pass whose value is
 ``z`` and whose derivative carries the rule -- one convolution for all groups and parts (inputs stacked on
 the channel axis, weights in blocks) -- so that relevance is a gradient (vjp) and per-voxel relevance sums
 are a forward-mode derivative (jvp).
@@ -82,7 +82,8 @@ class Rule:
         convolution; None if not possible."""
         return None
 
-    def _keeps_bias(self, bias) -> bool:
+    def keeps_bias(self, bias) -> bool:
+        """The layer's bias enters the denominators (it absorbs relevance) unless the rule zeroes it."""
         return bias is None or not self.zero_bias
 
     def __repr__(self):
@@ -108,7 +109,7 @@ class Epsilon(Rule):
         return [Group([Part("a", weight, _zero_bias(bias, self.zero_bias))])]
 
     def output_from_groups(self, denominators, bias):
-        return denominators[0] if self._keeps_bias(bias) else None
+        return denominators[0] if self.keeps_bias(bias) else None
 
 
 class ZPlus(Rule):
@@ -143,7 +144,7 @@ class AlphaBeta(Rule):
 
     def output_from_groups(self, denominators, bias):
         # (W+ a+ + W- a- + b+) + (W- a+ + W+ a- + b-) = W a + b
-        return denominators[0] + denominators[1] if self._keeps_bias(bias) else None
+        return denominators[0] + denominators[1] if self.keeps_bias(bias) else None
 
 
 class Gamma(Rule):
@@ -167,7 +168,7 @@ class Gamma(Rule):
 
     def output_from_groups(self, denominators, bias):
         # (w + g w+) + (w + g w-) = (2 + g) w, the same for the biases
-        return (denominators[0] + denominators[1]) / (2.0 + self.gamma) if self._keeps_bias(bias) else None
+        return (denominators[0] + denominators[1]) / (2.0 + self.gamma) if self.keeps_bias(bias) else None
 
 
 class ZBox(Rule):
