@@ -26,12 +26,12 @@ from typing import Optional
 
 import numpy as np
 
+from .analysis import DEFAULT_RESAMPLES
 from .case_io import find_cases, write_json, write_text
-from .commands import add_model_options, model_spec
+from .commands import add_model_arguments, add_sequence_relevance_arguments, model_spec, patch_from_args
 from .models import cached_model
 from .progress import one_line
 from .report import html_page
-from .presets import PRESETS
 from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
 
 RESULT = "result.json"
@@ -41,10 +41,8 @@ ERROR = "error.txt"
 def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("root", help="folder whose sub-folders are cases")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default="bundled")
-    add_model_options(p)
-    p.add_argument("--preset", default="recommended", choices=list(PRESETS))
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_model_arguments(p)
+    add_sequence_relevance_arguments(p)
     p.add_argument("--workers", type=int, default=None,
                    help="N > 1: cases run in parallel on a Dask LocalCluster of N processes on 127.0.0.1 (capped by "
                         "cores and memory); 1 (default): one after another in this process")
@@ -52,10 +50,6 @@ def add_arguments(p: argparse.ArgumentParser):
                    help="run the cases on a Dask cluster (tcp://HOST:PORT of `dask scheduler`); its workers must see "
                         "ROOT, the model and --out at the same paths")
     p.add_argument("--memory-per-case", type=float, default=3.0, help="GB one case needs (caps --workers)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--background", default="random", choices=["random", "shell"])
-    p.add_argument("--max-voxels", type=int, default=None)
-    p.add_argument("--patch", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
     p.add_argument("--max-components", type=int, default=3, help="TP and FN components explained per case")
 
 
@@ -95,7 +89,7 @@ def _remove_temporaries(out: str) -> None:
 
 
 def run_case(case_dir: str, out: str, model, preset, device, seed, background, max_voxels, patch_size,
-             max_components: int, threads: Optional[int] = None) -> dict:
+             max_components: int, resamples: int = DEFAULT_RESAMPLES, threads: Optional[int] = None) -> dict:
     """One case of a cohort (:func:`pipeline.analyze_case` with its label components); writes ``result.json``
     last.  Raises on a bad case."""
     import torch
@@ -107,7 +101,7 @@ def run_case(case_dir: str, out: str, model, preset, device, seed, background, m
         torch.set_num_threads(threads)
     net = cached_model(model)
     summary = pipeline.analyze_case(case_dir, out, net, preset, device, seed, background, max_voxels, patch_size,
-                                    finalize=False, max_components=max_components)
+                                    finalize=False, max_components=max_components, resamples=resamples)
     write_json(summary, os.path.join(out, RESULT))
     if os.path.exists(os.path.join(out, ERROR)):
         os.remove(os.path.join(out, ERROR))
@@ -127,7 +121,8 @@ def case_names(root: str, cases: list[str]) -> list[str]:
 
 def run_cohort(root: str, out: str, model="bundled", preset="recommended", device="auto", workers: int = 1,
                seed: int = 0, background: str = "random", max_voxels=None, patch_size=None, max_components: int = 3,
-               memory_per_case: float = 3.0, progress=None, scheduler: Optional[str] = None) -> dict:
+               memory_per_case: float = 3.0, progress=None, scheduler: Optional[str] = None,
+               resamples: int = DEFAULT_RESAMPLES) -> dict:
     """Run every case under ``root``; returns ``{"results": {name: summary}, "failures": {name: reason}, ...}``.
 
     ``workers > 1`` runs the cases on a Dask LocalCluster, ``scheduler`` on an existing Dask cluster
@@ -151,7 +146,7 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
             results[name] = _read_result(done)
         else:
             todo.append((name, case_dir))
-    args = (model, preset, device, seed, background, max_voxels, patch_size, max_components)
+    args = (model, preset, device, seed, background, max_voxels, patch_size, max_components, resamples)
     if progress:
         progress(len(results), len(cases), None, None)
 
@@ -372,8 +367,8 @@ def run(args) -> int:
 
     try:
         res = run_cohort(args.root, args.out, model_spec(args), args.preset, args.device, args.workers, args.seed,
-                         args.background, args.max_voxels, tuple(args.patch) if args.patch else None,
-                         args.max_components, args.memory_per_case, progress, args.scheduler)
+                         args.background, args.max_voxels, patch_from_args(args), args.max_components,
+                         args.memory_per_case, progress, args.scheduler, args.resamples)
     finally:
         bar.close()
     print(f"{len(res['results'])} done, {len(res['failures'])} failed ({res['skipped']} already finished), "

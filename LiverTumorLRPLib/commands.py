@@ -6,7 +6,8 @@ import contextlib
 import os
 import sys
 
-from .presets import PRESETS
+from .analysis import DEFAULT_RESAMPLES
+from .lrp.presets import PRESETS
 
 
 @contextlib.contextmanager
@@ -32,6 +33,13 @@ def _common(p: argparse.ArgumentParser, case: bool = True):
     if case:
         p.add_argument("case", help="case folder (files named by sequence key, or case.json)")
     p.add_argument("--out", required=True, help="output folder")
+    add_model_arguments(p)
+    p.add_argument("--register", action="store_true", help="register every sequence to T1 15 min first")
+
+
+def add_model_arguments(p: argparse.ArgumentParser):
+    """The model and how it runs, for every case command and cohorts: --model, --folds, --mirror, --device,
+    --patch."""
     p.add_argument("--model", default="bundled",
                    help="'bundled', a .safetensors file with its .json config, or an nnU-Net v2 trained-model folder")
     add_model_options(p)
@@ -39,7 +47,17 @@ def _common(p: argparse.ArgumentParser, case: bool = True):
     p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                    help="sliding-window patch size on the network grid (default: the model's patch; "
                         "0 0 0: the whole volume in one window)")
-    p.add_argument("--register", action="store_true", help="register every sequence to T1 15 min first")
+
+
+def add_sequence_relevance_arguments(p: argparse.ArgumentParser):
+    """Sec. 2.3's options, for ``analyze`` and cohorts: --preset, --seed, --background, --max-voxels, --resamples."""
+    _preset(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the background region's random choice")
+    p.add_argument("--background", default="random", choices=["random", "shell"],
+                   help="how the predicted-background region B is chosen")
+    p.add_argument("--max-voxels", type=int, default=None, help="use at most this many voxels in T and in B")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                   help="draws of the random region B for the shares' spread and exact expectation (0: one)")
 
 
 def add_model_options(p: argparse.ArgumentParser):
@@ -69,20 +87,14 @@ def add_arguments(p: argparse.ArgumentParser, name: str):
         _preset(p)
         return
     _common(p)
-    if name in ("explain", "analyze"):
-        _preset(p)
     if name == "explain":
+        _preset(p)
         p.add_argument("--region", default="tumor",
                        help="tumor | background (predicted), or a mask file on the case's grid")
         p.add_argument("--class", dest="cls", default="tumor",
                        help="the class to explain, by name or index (default tumor)")
     if name == "analyze":
-        p.add_argument("--seed", type=int, default=0, help="seed of the background region's random choice")
-        p.add_argument("--background", default="random", choices=["random", "shell"],
-                       help="how the predicted-background region B is chosen")
-        p.add_argument("--max-voxels", type=int, default=None, help="use at most this many voxels in T and in B")
-        p.add_argument("--resamples", type=int, default=10,
-                       help="draws of the random region B for the shares' spread and exact expectation (0: one)")
+        add_sequence_relevance_arguments(p)
 
 
 def _read(args, net):
@@ -92,7 +104,8 @@ def _read(args, net):
     return read_case(args.case, register=args.register, sequences=model_info(net).channels)
 
 
-def _patch(args):
+def patch_from_args(args):
+    """``--patch``: None (the model's), ``"whole"`` for 0 0 0, else (z, y, x)."""
     if not args.patch:
         return None
     return "whole" if tuple(args.patch) == (0, 0, 0) else tuple(args.patch)
@@ -110,7 +123,7 @@ def run(args) -> int:
 
     from .models import load_model
 
-    patch = _patch(args)
+    patch = patch_from_args(args)
     if args.command == "demo":
         return run_demo(args)
     with progress_bar(args.command) as bar:
@@ -156,4 +169,6 @@ def run_demo(args) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "run", "run_demo"]
+__all__ = ["add_arguments", "add_model_arguments", "add_sequence_relevance_arguments", "model_spec",
+           "patch_from_args",
+           "run", "run_demo"]

@@ -27,6 +27,40 @@ class Progress:
         return Progress(self.callback, self.cancel, self.start + span * start, self.start + span * end)
 
 
+class JobStatus:
+    """What every job shows -- the in-process :class:`~.mrml.tasks.Job`, the web page's ``BackgroundJob`` and the
+    Slicer module's ``WorkerJob``: ``state`` (pending | running | done | failed | cancelled | discarded), the
+    ``fraction`` and ``message`` of its progress, its log lines (:meth:`take_messages`), and its ``result`` or
+    ``error``."""
+
+    FINISHED = ("done", "failed", "cancelled", "discarded")
+
+    def __init__(self, messages=()):
+        self.state = "pending"
+        self.fraction, self.message = 0.0, ""
+        self.result = self.error = None
+        self._log: list = list(messages)
+
+    def report(self, fraction: float, message: str = "") -> None:
+        """New progress; a new message also goes to the log."""
+        self.fraction = float(fraction)
+        if message and message != self.message:
+            self._log.append(message)
+        self.message = message or self.message
+
+    def log(self, line: str) -> None:
+        self._log.append(line)
+
+    def take_messages(self) -> list:
+        """Log lines since the last call."""
+        out, self._log = self._log, []
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return self.state in self.FINISHED
+
+
 def as_progress(progress=None, cancel=None) -> Progress:
     return progress if isinstance(progress, Progress) else Progress(progress, cancel)
 

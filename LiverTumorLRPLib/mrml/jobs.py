@@ -22,14 +22,14 @@ from typing import Optional
 import numpy as np
 import slicer
 
-from ..sequences import CLASS_NAMES, SEQUENCE_KEYS
+from ..progress import JobStatus, one_line
+from ..sequences import SEQUENCE_KEYS
 from ..worker import JOB_FILE, JOB_PREFIX, WorkerProcess, remove_folder
 from .inputs import Inputs, Region, region_array, stack_inputs
 from .nodes import write_explanation, write_segmentation
 from .scene import _scene, sitk_image
 
 REGION_FILE = "region.nrrd"
-FINISHED = ("done", "failed", "cancelled", "discarded")
 
 
 def _write_nrrd(array, ijk2ras, path) -> None:
@@ -44,7 +44,7 @@ def _read_array(path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(path))
 
 
-class WorkerJob:
+class WorkerJob(JobStatus):
     """One Segment / Explain / Sequence relevance job in a worker process; see the module docstring.
 
     ``state``: pending | running | done | failed | cancelled | discarded.  ``fraction`` and ``message`` follow
@@ -58,6 +58,7 @@ class WorkerJob:
                  scene=None, temp_dir: Optional[str] = None):
         from ..worker import TASKS
 
+        super().__init__()
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if model is not None and not isinstance(model, (str, os.PathLike)):
@@ -70,14 +71,10 @@ class WorkerJob:
         self.max_voxels, self.threshold, self.python, self.temp_dir = max_voxels, threshold, python, temp_dir
         self._inputs, self._scene_arg = inputs, scene
         self.name = name
-        self.state = "pending"
-        self.fraction, self.message = 0.0, ""
-        self.result = self.error = None
         self.job_dir: Optional[str] = None
         self.worker: Optional[WorkerProcess] = None
         self.scene = None
         self.stacked: Optional[Inputs] = None
-        self._log: list = []
         self._observer = None
         self._scene_closed = False
 
@@ -106,7 +103,6 @@ class WorkerJob:
     def start(self) -> "WorkerJob":
         """Write the inputs and start the worker; ValueError (nothing started) on bad inputs."""
         from ..case_io import write_json
-        from ..sequences import class_index
 
         stacked = self._inputs if isinstance(self._inputs, Inputs) else stack_inputs(self._inputs, self._scene_arg,
                                                                                      normalise=False)
@@ -114,7 +110,6 @@ class WorkerJob:
         region_value, mask, label = "tumor", None, ""
         if self.task == "explain":
             region_value, mask, label = self._region_spec(stacked)
-            self.name = self.name or f"Relevance of {label} for {CLASS_NAMES[class_index(self.cls)]}"
         self.region_label = label
         self.name = self.name or {"segment": "Liver tumor", "sequence relevance": "Sequence relevance"}.get(self.task)
         if self.temp_dir is not None:
@@ -135,7 +130,7 @@ class WorkerJob:
         self.stacked = Inputs(np.empty((0,)), stacked.nodes, stacked.reference, stacked.ijk_to_ras,
                               stacked.messages)
         self._log.extend(stacked.messages)
-        self._log.append(f"{self.title}: started")
+        self.log(f"{self.title}: started")
         self.state = "running"
         return self
 
@@ -145,12 +140,7 @@ class WorkerJob:
     # ---- main thread: progress in, results applied
     def _read_progress(self) -> None:
         for event in self.worker.read_events():
-            if "progress" in event:
-                self.fraction = float(event["progress"])
-            text = event.get("message") or event.get("warning")
-            if text and text != self.message:
-                self._log.append(text)
-                self.message = text
+            self.report(float(event.get("progress", self.fraction)), event.get("message") or event.get("warning"))
 
     def _inputs_alive(self) -> bool:
         return not self._scene_closed and all(
@@ -159,7 +149,7 @@ class WorkerJob:
     def poll(self) -> bool:
         """Read new progress; True once finished (the results are then in the scene if ``state == "done"``)."""
         if self.state != "running":
-            return self.state in FINISHED
+            return self.finished
         self._read_progress()
         if self.worker.running():
             return False
@@ -168,18 +158,18 @@ class WorkerJob:
         try:
             if error is not None:
                 self.error, self.state = error, "failed"
-                self._log.append(f"{self.title} failed: {error}")
+                self.log(f"{self.title} failed: {error}")
             elif not self._inputs_alive():
                 self.state = "discarded"
-                self._log.append(f"{self.title}: result discarded (the scene was closed or an input removed)")
+                self.log(f"{self.title}: result discarded (the scene was closed or an input removed)")
             else:
                 self.result = self._apply(self.worker.result())
                 self.state = "done"
                 self.fraction = 1.0
-                self._log.append(f"{self.title}: done")
+                self.log(f"{self.title}: done")
         except Exception as exc:  # reading or writing the result failed: one line, nothing half-added
-            self.error, self.state = " ".join(str(exc).split()) or type(exc).__name__, "failed"
-            self._log.append(f"{self.title} failed: {self.error}")
+            self.error, self.state = one_line(exc), "failed"
+            self.log(f"{self.title} failed: {self.error}")
         finally:
             self._cleanup()
         return True
@@ -195,13 +185,14 @@ class WorkerJob:
         e = read_explanation_files(out)
         if self.task == "explain":
             e.details["region"] = self.region_label
+            self.name = self.name or f"Relevance of {self.region_label} for {e.details['class']}"
         return write_explanation(e, self.stacked, self.name, self.scene)
 
     def cancel(self) -> None:
         """Kill the worker (and its children), remove the job folder; nothing is added to the scene."""
         if self.state in ("pending", "running"):
             self.state = "cancelled"
-            self._log.append(f"{self.title}: cancelled")
+            self.log(f"{self.title}: cancelled")
         self._cleanup()
 
     def _cleanup(self) -> None:
@@ -212,11 +203,6 @@ class WorkerJob:
             self._observer = None
         if self.job_dir is not None:
             remove_folder(self.job_dir)
-
-    def take_messages(self) -> list:
-        """Log lines since the last call."""
-        out, self._log = self._log, []
-        return out
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> bool:
         """Poll until finished or ``timeout`` seconds passed (scripts, tests); True when finished."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..analysis import DEFAULT_RESAMPLES
 from ..models import cached_model
-from ..progress import Cancelled, Progress
+from ..progress import Cancelled, JobStatus, Progress
 from .inputs import Inputs, Region, region_array, stack_inputs
 from .nodes import ExplanationResult, SegmentResult, write_explanation, write_segmentation
 
@@ -30,7 +30,7 @@ class Task:
     messages: list = field(default_factory=list)
 
 
-class Job:
+class Job(JobStatus):
     """Runs a :class:`Task` on the caller's thread (:meth:`run`): compute, then apply into the scene.
 
     Interactive work runs in a separate process instead (:class:`~LiverTumorLRPLib.mrml.jobs.WorkerJob`).
@@ -38,18 +38,12 @@ class Job:
 
     def __init__(self, task: Task, callback: Optional[Callable[[float, str], None]] = None,
                  cancel: Optional[Callable[[], bool]] = None):
+        super().__init__(task.messages)
         self.task, self.callback, self._user_cancel = task, callback, cancel
-        self.state = "pending"          # pending | running | done | failed | cancelled
-        self.fraction, self.message = 0.0, ""
-        self.result = self.error = None
         self._cancelled = False
-        self._log: list = list(task.messages)
 
     def _report(self, fraction: float, message: str) -> None:
-        self.fraction = float(fraction)
-        if message and message != self.message:
-            self._log.append(message)
-        self.message = message or self.message
+        self.report(fraction, message)
         if self.callback is not None:
             self.callback(fraction, message)
 
@@ -60,11 +54,6 @@ class Job:
     @property
     def cancelled(self) -> bool:
         return self._cancelled or bool(self._user_cancel and self._user_cancel())
-
-    def take_messages(self) -> list:
-        """Log lines since the last call."""
-        out, self._log = self._log, []
-        return out
 
     def run(self):
         """Compute and apply; raises the error (:class:`Cancelled` when cancelled), nothing is written then."""

@@ -28,9 +28,10 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from .. import slicer_logic as sl
 from ..case_io import case_files, write_json
 from ..models import cached_model
-from ..presets import DEFAULT_PRESET, PRESETS
+from ..lrp.presets import DEFAULT_PRESET, PRESETS
 from ..sequences import CLASS_NAMES, DISPLAY_NAMES, REFERENCE_KEY, SEQUENCE_KEYS
-from .jobs import JobRunner, one_line
+from ..progress import one_line
+from .jobs import JobRunner
 from .page import build_page
 
 REGIONS = ("predicted tumor", "predicted background", "drawn segment", "point")

@@ -11,30 +11,26 @@ import asyncio
 import threading
 from typing import Any, Callable, Optional
 
-from ..progress import Cancelled, Progress
+from ..progress import Cancelled, JobStatus, Progress, one_line
 from ..slicer_logic import Task
 
 
-class BackgroundJob:
+class BackgroundJob(JobStatus):
     """A :class:`Task` computed in a thread (the web server is plain Python, not Slicer's PythonQt, so a thread
     runs freely here) and applied to MRML by :meth:`poll` on the caller's thread."""
 
     def __init__(self, task: Task):
+        super().__init__(task.messages)
         self.task = task
-        self.state = "running"          # running | done | failed | cancelled
-        self.fraction, self.message = 0.0, ""
-        self.result = self.error = None
+        self.state = "running"
         self._cancelled, self._outcome, self._raw = False, None, None
-        self._log, self._lock = list(task.messages), threading.Lock()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._compute, name=f"liver-lrp {task.name}", daemon=True)
         self._thread.start()
 
     def _report(self, fraction: float, message: str) -> None:
         with self._lock:
-            self.fraction = float(fraction)
-            if message and message != self.message:
-                self._log.append(message)
-            self.message = message or self.message
+            self.report(fraction, message)
 
     def _compute(self) -> None:
         try:
@@ -55,8 +51,7 @@ class BackgroundJob:
 
     def take_messages(self) -> list:
         with self._lock:
-            out, self._log = self._log, []
-        return out
+            return super().take_messages()
 
     def poll(self) -> bool:
         """True once finished; applies the result (on the calling thread) when it computed successfully."""
@@ -139,8 +134,3 @@ class JobRunner:
                     self.log(self.state.error)
             return
 
-
-def one_line(exc: BaseException) -> str:
-    """The exception as one line (its message, else its type)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
