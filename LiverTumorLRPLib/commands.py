@@ -170,5 +170,4 @@ def run_demo(args) -> int:
 
 
 __all__ = ["add_arguments", "add_model_arguments", "add_sequence_relevance_arguments", "model_spec",
-           "patch_from_args",
-           "run", "run_demo"]
+           "patch_from_args", "run", "run_demo"]
