@@ -27,6 +27,7 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from .. import slicer_logic as sl
 from ..case_io import case_files, write_json
+from ..model_info import model_info
 from ..models import cached_model
 from ..lrp.presets import DEFAULT_PRESET, PRESETS
 from ..sequences import CLASS_NAMES, DISPLAY_NAMES, REFERENCE_KEY, SEQUENCE_KEYS
@@ -196,14 +197,20 @@ class WebApp:
 
     def _model(self):
         """The chosen model, loaded now (models.cached_model keeps it): a file that does not load is named
-        in the banner before any job starts."""
+        in the banner before any job starts.  The class list offered is the model's."""
         spec = str(self.state.model or "").strip()
         spec = "bundled" if spec in ("", "bundled") else os.path.expanduser(spec)
         try:
-            return cached_model(spec)
+            net = cached_model(spec)
         except Exception as exc:
             where = "the bundled model" if spec == "bundled" else f"model file {spec}"
             raise ValueError(f"{where} could not be loaded: {one_line(exc)}") from None
+        info = model_info(net)
+        if list(self.state.classes or ()) != list(info.classes):
+            self.state.classes = list(info.classes)
+            if self.state.cls not in info.classes:
+                self.state.cls = info.lesion
+        return net
 
     # ---- jobs ---------------------------------------------------------------------------------------------------
     @guarded
