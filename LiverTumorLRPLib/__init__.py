@@ -5,6 +5,8 @@ that ``import LiverTumorLRPLib`` works before torch is installed (Slicer install
 on first use):
 
     from LiverTumorLRPLib import relevance, region_relevance, sequence_relevance
+
+A whole case as every front end computes it: :mod:`LiverTumorLRPLib.analysis` (the case layer).
 """
 from .sequences import SEQUENCES, SEQUENCE_KEYS, DISPLAY_NAMES, REFERENCE_KEY  # noqa: F401
 
@@ -14,14 +16,21 @@ _LAZY = {
     "relevance": "explain",
     "region_relevance": "explain",
     "sequence_relevance": "explain",
+    "sequence_relevance_interval": "explain",
+    "weighted_relevance": "explain",
+    "Relevance": "explain",
     "RegionRelevance": "explain",
     "SequenceRelevance": "explain",
+    "SequenceRelevanceInterval": "explain",
     "LRP": "lrp",
     "PRESETS": "lrp",
     "UNet3D": "unet",
     "UNetConfig": "unet",
     "load_model": "models",
     "save_model": "models",
+    "cached_model": "models",
+    "read_case": "case_io",
+    "Case": "case_io",
 }
 
 
