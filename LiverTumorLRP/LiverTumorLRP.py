@@ -808,8 +808,8 @@ class LiverTumorLRPTest(ScriptedLoadableModuleTest):
         self.assertGreater(seg.n_tumor, 0)
         self._assertSameGeometry(seg.probability, nodes["T1_15min"])
         for job in (lib.explain_region_job(nodes, "bundled", lib.Region("predicted tumor"), "tumor", device="cpu",
-                                           python=python),
-                    lib.analyze_sequences_job(nodes, "bundled", device="cpu", python=python)):
+                                           python=python, temp_dir=jobFolder()),
+                    lib.analyze_sequences_job(nodes, "bundled", device="cpu", python=python, temp_dir=jobFolder())):
             result = self._run(job)
             self.assertEqual(set(result.volumes), set(SEQUENCE_KEYS))
             for key, node in result.volumes.items():
