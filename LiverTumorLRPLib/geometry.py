@@ -57,11 +57,11 @@ class IdentityMap(GridMap):
         return np.asarray(mask, dtype=bool)
 
     def to_case(self, array, kind):
-        _check_kind(kind)
+        check_kind(kind)
         return np.asarray(array)
 
 
-def _check_kind(kind):
+def check_kind(kind):
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
 
@@ -128,7 +128,7 @@ class SpacingMap(GridMap):
         return out
 
     def to_case(self, array, kind):
-        _check_kind(kind)
+        check_kind(kind)
         array = np.asarray(array)
         lead = array.shape[:-3]
         flat = array.reshape((-1,) + array.shape[-3:])

@@ -118,7 +118,8 @@ def save_model(model: nn.Module, path, extra: Optional[dict] = None, *, config: 
     """Weights (safetensors) and their JSON config beside them (same name, ``.json``), atomically.
 
     ``extra``: fields added to the config (``sequences``, ``classes``, ``spacing``, ...); ``config``: the network's
-    config (default: our u-net's own, ``model.config``; MONAI networks: ``{"architecture": ..., "kwargs": ...}``).  ``path`` may end in ``.safetensors``, ``.json`` or neither."""
+    config (default: our u-net's own, ``model.config``; MONAI networks: ``{"architecture": ..., "kwargs": ...}``).
+    ``path`` may end in ``.safetensors``, ``.json`` or neither."""
     from dataclasses import asdict
 
     from safetensors.torch import save_file
@@ -286,5 +287,6 @@ def cached_model(spec="bundled") -> nn.Module:
     return _CACHE.model
 
 
-__all__ = ["cached_model", "load_model", "load_unet", "save_model", "build_model", "save_model_file", "read_model_config", "bundled_model_path", "BUNDLED_MODEL", "ModelFileError",
+__all__ = ["cached_model", "load_model", "load_unet", "save_model", "build_model", "save_model_file", "read_model_config",
+           "bundled_model_path", "BUNDLED_MODEL", "ModelFileError",
            "info_from_config", "load_weights"]

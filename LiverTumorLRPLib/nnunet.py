@@ -40,7 +40,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from .geometry import GridMap, _check_kind, preserve_totals
+from .geometry import GridMap, check_kind, preserve_totals
 from .model_info import ModelInfo
 from .sequences import guess_sequence
 
@@ -418,7 +418,7 @@ class NnUNetGridMap(GridMap):
         a (K, ...) float stack of logits or probabilities is resampled and argmax-ed as nnU-Net's export
         (logits reproduce nnU-Net exactly), a label map is resampled nearest-neighbour; ``relevance``:
         (..., z, y, x) with each volume's positive and negative mass kept."""
-        _check_kind(kind)
+        check_kind(kind)
         array = np.asarray(array)
         if tuple(array.shape[-3:]) != self.network_shape:
             raise ValueError(f"array shape {array.shape} does not end with the network grid {self.network_shape}")

@@ -11,7 +11,8 @@ import vtk
 
 from ..sequences import DISPLAY_NAMES, REFERENCE_KEY, SEQUENCE_KEYS, SEQUENCES, guess_sequence
 from .nodes import label_color_table
-from .scene import _LPS, _add_volume, _scene, _unique_name, ijk_to_ras, node_array, resample_to, same_grid
+from .scene import (LPS, add_volume, current_scene, ijk_to_ras, node_array, resample_to, same_grid,
+                    unique_name)
 
 REGION_KINDS = ("segment", "predicted tumor", "predicted background", "point")
 
@@ -19,7 +20,7 @@ REGION_KINDS = ("segment", "predicted tumor", "predicted background", "point")
 # ---- inputs -----------------------------------------------------------------------------------------------------
 def scalar_volume_nodes(scene=None) -> list:
     """Scalar (not labelmap) volume nodes of the scene, in scene order."""
-    scene = _scene(scene)
+    scene = current_scene(scene)
     nodes = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
              for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
     return [n for n in nodes if not n.IsA("vtkMRMLLabelMapVolumeNode")]
@@ -114,8 +115,8 @@ def phantom_ijk_to_ras(case) -> np.ndarray:
     """IJK-to-RAS of a phantom case (its geometry is LPS, spacing (z, y, x))."""
     direction = np.asarray(case.direction, dtype=float).reshape(3, 3)
     m = np.eye(4)
-    m[:3, :3] = _LPS @ direction @ np.diag(np.asarray(case.spacing, dtype=float)[::-1])
-    m[:3, 3] = _LPS @ np.asarray(case.origin, dtype=float)
+    m[:3, :3] = LPS @ direction @ np.diag(np.asarray(case.spacing, dtype=float)[::-1])
+    m[:3, 3] = LPS @ np.asarray(case.origin, dtype=float)
     return m
 
 
@@ -125,13 +126,13 @@ def add_phantom_case(seed: int = 0, shape=(32, 96, 96), spacing=(4.0, 3.0, 3.0),
     segmentation (``"<prefix> reference"``) to the scene; key -> volume node."""
     from ..phantom import generate_case
 
-    scene = _scene(scene)
+    scene = current_scene(scene)
     case = generate_case(seed, shape=shape, spacing=spacing)
     m = phantom_ijk_to_ras(case)
-    nodes = {k: _add_volume(scene, case.images[k], m, f"{prefix} {PHANTOM_NAMES[k]}") for k in SEQUENCE_KEYS}
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", _unique_name(scene, f"{prefix} reference"))
+    nodes = {k: add_volume(scene, case.images[k], m, f"{prefix} {PHANTOM_NAMES[k]}") for k in SEQUENCE_KEYS}
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", unique_name(scene, f"{prefix} reference"))
     seg.SetReferenceImageGeometryParameterFromVolumeNode(nodes[REFERENCE_KEY])
-    labelmap = _add_volume(scene, (case.label > 0).astype(np.uint8), m, "phantom label", "vtkMRMLLabelMapVolumeNode")
+    labelmap = add_volume(scene, (case.label > 0).astype(np.uint8), m, "phantom label", "vtkMRMLLabelMapVolumeNode")
     try:
         labelmap.GetDisplayNode().SetAndObserveColorNodeID(label_color_table(scene).GetID())
         if case.label.any():

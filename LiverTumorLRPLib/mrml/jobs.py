@@ -27,7 +27,7 @@ from ..sequences import SEQUENCE_KEYS
 from ..worker import JOB_FILE, JOB_PREFIX, WorkerProcess, remove_folder
 from .inputs import Inputs, Region, region_array, stack_inputs
 from .nodes import write_explanation, write_segmentation
-from .scene import _scene, sitk_image
+from .scene import current_scene, sitk_image
 
 REGION_FILE = "region.nrrd"
 
@@ -106,7 +106,7 @@ class WorkerJob(JobStatus):
 
         stacked = self._inputs if isinstance(self._inputs, Inputs) else stack_inputs(self._inputs, self._scene_arg,
                                                                                      normalise=False)
-        self.scene = _scene(self._scene_arg if self._scene_arg is not None else stacked.reference.GetScene())
+        self.scene = current_scene(self._scene_arg if self._scene_arg is not None else stacked.reference.GetScene())
         region_value, mask, label = "tumor", None, ""
         if self.task == "explain":
             region_value, mask, label = self._region_spec(stacked)

@@ -10,7 +10,7 @@ import slicer
 import vtk
 
 from ..sequences import DISPLAY_NAMES, SEQUENCE_KEYS
-from .scene import _add_volume, _scene, _tag, _unique_name
+from .scene import add_volume, current_scene, tag_output, unique_name
 
 if TYPE_CHECKING:
     from ..analysis import Explanation
@@ -37,7 +37,7 @@ class SegmentResult:
 
 def label_color_table(scene=None):
     """The small color table naming label 1 "Tumor" (created once)."""
-    scene = _scene(scene)
+    scene = current_scene(scene)
     node = scene.GetFirstNodeByName(LABEL_COLOR_TABLE_NAME)
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", LABEL_COLOR_TABLE_NAME)
@@ -57,20 +57,20 @@ def write_segmentation(probability: np.ndarray, inputs: Inputs, name: str = "Liv
 
     The segment is ``segmentation`` (the model's labels, :attr:`.analysis.Segmentation.segmentation`) or, given
     ``threshold`` instead, ``probability > threshold``."""
-    scene = _scene(scene if scene is not None else inputs.reference.GetScene())
+    scene = current_scene(scene if scene is not None else inputs.reference.GetScene())
     if segmentation is None:
         tumor = probability > (0.5 if threshold is None else threshold)
     else:
         tumor = np.asarray(segmentation).astype(bool)
-    prob_node = _tag(_add_volume(scene, probability.astype(np.float32), inputs.ijk_to_ras,
+    prob_node = tag_output(add_volume(scene, probability.astype(np.float32), inputs.ijk_to_ras,
                                  f"{name} probability"), "probability")
     disp = prob_node.GetDisplayNode()
     if disp is not None:
         disp.AutoWindowLevelOff()
         disp.SetWindowLevelMinMax(0.0, 1.0)
-    seg = _tag(scene.AddNewNodeByClass("vtkMRMLSegmentationNode", _unique_name(scene, name)), "segmentation")
+    seg = tag_output(scene.AddNewNodeByClass("vtkMRMLSegmentationNode", unique_name(scene, name)), "segmentation")
     seg.SetReferenceImageGeometryParameterFromVolumeNode(inputs.reference)
-    labelmap = _add_volume(scene, tumor.astype(np.uint8), inputs.ijk_to_ras, f"{name} label",
+    labelmap = add_volume(scene, tumor.astype(np.uint8), inputs.ijk_to_ras, f"{name} label",
                            "vtkMRMLLabelMapVolumeNode")
     try:
         labelmap.GetDisplayNode().SetAndObserveColorNodeID(label_color_table(scene).GetID())
@@ -112,7 +112,7 @@ def relevance_color_table(scene=None):
 
     Colours without names (a continuous table; its legend shows values): ``SetColor(i, r, g, b, a)``, which
     needs no ``SetNamesInitialised`` (deprecated, and a VTK error on Slicer 5.10+)."""
-    scene = _scene(scene)
+    scene = current_scene(scene)
     node = scene.GetFirstNodeByName(COLOR_TABLE_NAME)
     if node is not None:
         return node
@@ -206,7 +206,7 @@ def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, de
     and their exact expectation)."""
     from ..shares import shares_of
 
-    scene = _scene(scene if scene is not None else inputs.reference.GetScene())
+    scene = current_scene(scene if scene is not None else inputs.reference.GetScene())
     maps = np.asarray(maps, dtype=np.float32)
     if shares is None or positive is None or negative is None:
         computed = shares_of(maps)
@@ -214,7 +214,7 @@ def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, de
                                       for i, v in enumerate((shares, positive, negative)))
     shares, positive, negative = (np.asarray(v, dtype=float) for v in (shares, positive, negative))
     sh = scene.GetSubjectHierarchyNode()
-    folder = sh.CreateFolderItem(sh.GetSceneItemID(), _unique_name(scene, name))
+    folder = sh.CreateFolderItem(sh.GetSceneItemID(), unique_name(scene, name))
     volumes = _relevance_volumes(scene, maps, inputs, name, channels, display_names, sh, folder)
     extra = {k: v for k, v in (interval or {}).items() if v is not None}
     columns = {"relevance": shares, "positive": positive, "negative": negative, **extra}
@@ -235,7 +235,7 @@ def _relevance_volumes(scene, maps, inputs, name, channels, display_names, sh, f
     colors = relevance_color_table(scene)
     volumes = {}
     for key, disp_name, arr in zip(channels, display_names, maps):
-        node = _tag(_add_volume(scene, arr, inputs.ijk_to_ras, f"{name}: {disp_name}"), "relevance")
+        node = tag_output(add_volume(scene, arr, inputs.ijk_to_ras, f"{name}: {disp_name}"), "relevance")
         disp = node.GetDisplayNode()
         disp.SetAndObserveColorNodeID(colors.GetID())
         disp.AutoWindowLevelOff()
@@ -248,7 +248,7 @@ def _relevance_volumes(scene, maps, inputs, name, channels, display_names, sh, f
 
 def _relevance_table(scene, name, display_names, columns: dict):
     """A table node: one row per sequence, a string column ``sequence`` and one number column per entry."""
-    table = _tag(scene.AddNewNodeByClass("vtkMRMLTableNode", _unique_name(scene, name)), "table")
+    table = tag_output(scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, name)), "table")
     t = table.GetTable()
     col = vtk.vtkStringArray()
     col.SetName("sequence")
@@ -268,7 +268,8 @@ def _relevance_table(scene, name, display_names, columns: dict):
 
 def _relevance_chart(scene, name, display_names, shares, sh, folder):
     """Bar chart: one series per sequence (the legend names them), from a one-row table."""
-    plot_table = _tag(scene.AddNewNodeByClass("vtkMRMLTableNode", _unique_name(scene, f"{name} plot data")), "plot")
+    plot_table = tag_output(scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, f"{name} plot data")),
+                            "plot")
     pt = plot_table.GetTable()
     for disp_name in display_names:
         c = vtk.vtkDoubleArray()
@@ -279,14 +280,14 @@ def _relevance_chart(scene, name, display_names, shares, sh, folder):
         pt.SetValue(0, c, vtk.vtkVariant(float(value)))
     pt.Modified()
     _sh_place(sh, folder, plot_table)
-    chart = _tag(scene.AddNewNodeByClass("vtkMRMLPlotChartNode", _unique_name(scene, f"{name} chart")), "chart")
+    chart = tag_output(scene.AddNewNodeByClass("vtkMRMLPlotChartNode", unique_name(scene, f"{name} chart")), "chart")
     chart.SetTitle(f"{name}: relevance share per sequence")
     chart.SetYAxisTitle("share of relevance")
     chart.SetXAxisTitle("")
     chart.SetLegendVisibility(True)
     series = []
     for i, disp_name in enumerate(display_names):
-        s = _tag(scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", disp_name), "series")
+        s = tag_output(scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", disp_name), "series")
         s.SetAndObserveTableNodeID(plot_table.GetID())
         s.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
         s.SetYColumnName(disp_name)

@@ -5,10 +5,10 @@ import numpy as np
 import slicer
 import vtk
 
-_LPS = np.diag([-1.0, -1.0, 1.0])
+LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def _scene(scene=None):
+def current_scene(scene=None):
     scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)
     if scene is None:
         raise RuntimeError("no MRML scene: pass scene= or set slicer.mrmlScene")
@@ -63,8 +63,8 @@ def sitk_image(array: np.ndarray, ijk2ras: np.ndarray):
     cols = np.asarray(ijk2ras, dtype=float)[:3, :3]
     spacing = np.linalg.norm(cols, axis=0)
     img.SetSpacing([float(s) for s in spacing])
-    img.SetDirection([float(v) for v in (_LPS @ (cols / spacing)).ravel()])
-    img.SetOrigin([float(v) for v in _LPS @ np.asarray(ijk2ras, dtype=float)[:3, 3]])
+    img.SetDirection([float(v) for v in (LPS @ (cols / spacing)).ravel()])
+    img.SetOrigin([float(v) for v in LPS @ np.asarray(ijk2ras, dtype=float)[:3, 3]])
     return img
 
 
@@ -134,18 +134,18 @@ class headless_scene:
         return False
 
 
-def _unique_name(scene, base: str) -> str:
+def unique_name(scene, base: str) -> str:
     return scene.GenerateUniqueName(base) if scene.GetFirstNodeByName(base) is not None else base
 
 
 
-def _tag(node, kind: str):
+def tag_output(node, kind: str):
     node.SetAttribute("LiverTumorLRP.Output", kind)
     return node
 
 
-def _add_volume(scene, array, ijk2ras, name, class_name="vtkMRMLScalarVolumeNode"):
-    node = scene.AddNewNodeByClass(class_name, _unique_name(scene, name))
+def add_volume(scene, array, ijk2ras, name, class_name="vtkMRMLScalarVolumeNode"):
+    node = scene.AddNewNodeByClass(class_name, unique_name(scene, name))
     node.SetIJKToRASMatrix(_vtk_matrix(ijk2ras))
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
     node.CreateDefaultDisplayNodes()
