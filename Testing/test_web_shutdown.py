@@ -5,50 +5,28 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RESULTS_PREFIX = "liver-lrp-web-"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(tmp_path, *extra):
     """The command in its own temporary folder (TMPDIR), so its results folder can be found and checked."""
     pytest.importorskip("trame_slicer")
-    port, temp = _free_port(), tmp_path / "tmp"
+    import web_server
+
+    temp = tmp_path / "tmp"
     temp.mkdir(exist_ok=True)
-    env = dict(os.environ, TMPDIR=str(temp), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    log = open(tmp_path / f"server-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "LiverTumorLRPLib", "web", "--host", "127.0.0.1", "--port",
-                             str(port), "--phantom-shape", "16", "48", "48", *extra],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.close()
-                pytest.fail("the web server did not start:\n" + open(log.name).read()[-3000:])
-            time.sleep(0.5)
+    try:
+        proc, url, log = web_server.start(["--phantom-shape", 16, 48, 48, *extra], tmp_path,
+                                          tmp_path / "server.log", env=dict(os.environ, TMPDIR=str(temp)))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     return proc, url, temp, log
 
 
