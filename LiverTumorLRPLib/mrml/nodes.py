@@ -9,6 +9,7 @@ import numpy as np
 import slicer
 import vtk
 
+from ..figures import SEQUENCE_COLOURS
 from ..sequences import DISPLAY_NAMES, SEQUENCE_KEYS
 from .scene import add_volume, current_scene, tag_output, unique_name
 
@@ -21,8 +22,7 @@ SEGMENT_NAME = "Tumor"
 COLOR_TABLE_NAME = "LiverTumorLRP relevance"
 LABEL_COLOR_TABLE_NAME = "LiverTumorLRP labels"
 TUMOR_COLOR = (0.95, 0.75, 0.1)
-SERIES_COLORS = ((0.55, 0.35, 0.65), (0.5, 0.5, 0.5), (0.85, 0.2, 0.15), (0.95, 0.55, 0.1), (0.2, 0.6, 0.3),
-                 (0.15, 0.4, 0.8))
+SERIES_COLORS = tuple(tuple(int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)) for h in SEQUENCE_COLOURS)  # the PNGs' own
 
 
 # ---- segmentation -----------------------------------------------------------------------------------------------
