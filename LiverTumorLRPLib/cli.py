@@ -18,7 +18,7 @@ COMMANDS = {
     "explain": ("commands", "LRP relevance of a region (Eq. 2), per sequence"),
     "analyze": ("commands", "sequence relevance of a case (the paper's Sec. 2.3)"),
     "cohort": ("cohort", "sequence relevance over every case under a folder, Fig. 1 and an HTML report"),
-    "validate": ("validate", "faithfulness checks: known truth, randomisation, Shapley, AOPC; compares presets"),
+    "validate": ("validation", "faithfulness checks: known truth, randomisation, Shapley, AOPC; compares presets"),
     "demo": ("commands", "the main job on a generated phantom case: segment, analyse, pictures"),
     "web": ("web", "the browser page (trame-slicer): load, segment, explain, sequence relevance"),
 }

@@ -10,8 +10,8 @@ from torch import nn
 
 from LiverTumorLRPLib.explain import region_relevance, region_relevance_loop, sequence_relevance
 from LiverTumorLRPLib.lrp import LRPError, as_lrp
-from LiverTumorLRPLib.reference_lrp import ReferenceLRP, liver_means
-from LiverTumorLRPLib.validate import baseline_image
+from LiverTumorLRPLib.lrp import ReferenceLRP, liver_means
+from LiverTumorLRPLib.validation import baseline_image
 from lrp_models import random_input, random_unet
 from test_lrp_engine import rel_err, with_tumor
 

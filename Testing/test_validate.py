@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from LiverTumorLRPLib import validate as V
+from LiverTumorLRPLib import validation as V
 from LiverTumorLRPLib.sequences import SEQUENCE_KEYS
 from LiverTumorLRPLib.unet import UNet3D, UNetConfig
 
@@ -237,16 +237,16 @@ def test_whole_volumes_are_the_default(tmp_path):
 
 
 def test_known_truth_model_needs_its_informative_sequences(tmp_path):
-    from LiverTumorLRPLib.unet import save_model
+    from LiverTumorLRPLib.models import save_model
 
     path = save_model(UNet3D(UNetConfig(depth=2, base_channels=4)).eval(), tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="records no 'informative' sequences"):
-        V._informative_of(str(path))
+        V.informative_of(str(path))
 
 
 def test_known_truth_run_reports_rates_with_intervals_and_per_case_hits(tmp_path):
     from LiverTumorLRPLib.train import case_arrays
-    from LiverTumorLRPLib.unet import save_model
+    from LiverTumorLRPLib.models import save_model
 
     torch.manual_seed(0)
     model = UNet3D(UNetConfig(depth=2, base_channels=4)).eval()
@@ -272,7 +272,7 @@ def test_known_truth_run_reports_rates_with_intervals_and_per_case_hits(tmp_path
     kw = dict(checks=["known-truth"], known_truth_models=[path], crop=(16, 32, 32), known_truth_cases=1,
               log=lambda *a: None)
     only_presets = V.run_validation(str(tmp_path / "a"), model, presets=["epsilon"], known_truth_shapley=(), **kw)
-    only_shapley = V.run_validation(str(tmp_path / "b"), model, presets=[], known_truth_shapley=("blur",), **kw)
+    V.run_validation(str(tmp_path / "b"), model, presets=[], known_truth_shapley=("blur",), **kw)
     assert "shapley" not in only_presets["known_truth"][path] or not only_presets["known_truth"][path]["shapley"]
     merged = V.merge_results([json.loads((tmp_path / d / "validation.json").read_text()) for d in "ab"])
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN-safe)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from LiverTumorLRPLib.validate import GOALS, goal_cell, merge_results
+from LiverTumorLRPLib.validation import GOALS, goal_cell, merge_results
 
 
 def _pct(r) -> str:
