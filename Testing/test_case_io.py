@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorLRPLib import case_io
 from LiverTumorLRPLib.case_io import (Case, GeometryWarning, case_from_images, find_cases, read_case,
                                       write_image, write_json, write_text)
 from LiverTumorLRPLib.sequences import REFERENCE_KEY, SEQUENCE_KEYS
@@ -330,7 +329,7 @@ def test_write_image_keeps_old_file_when_a_write_fails(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(case_io.sitk, "WriteImage", boom)
+    monkeypatch.setattr(sitk, "WriteImage", boom)
     with pytest.raises(ValueError, match="disk full"):
         write_image(np.zeros(SHAPE, np.uint8), ref, out)
     monkeypatch.undo()
