@@ -162,29 +162,48 @@ def _place_lesions(rng, P, liver_mask, spacing, tumor_kind, n_tumors, n_cysts, n
     return lesions
 
 
-def generate_case(seed: int = 0, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0), informative=None,
-                  unregistered: bool = False, residual_misalignment: bool = True, noise: bool = True,
-                  tumor_kind: str | None = None) -> PhantomCase:
-    """One phantom case on a (z, y, x) grid with ``spacing`` (mm).  ``noise=False`` gives noise- and
-    field-free images (for checking contrast); ``tumor_kind`` forces "hcc" or "metastasis"."""
-    rng = np.random.default_rng(seed)
-    informative = list(informative) if informative else None
-    for k in informative or []:
-        if k not in SEQUENCE_KEYS:
-            raise ValueError(f"unknown sequence {k!r} in informative; expected {', '.join(SEQUENCE_KEYS)}")
-    shape, spacing = tuple(int(s) for s in shape), tuple(float(s) for s in spacing)
-    # physical coordinates (mm) centred on the grid; X left-right, Y antero-posterior, Z cranio-caudal
+@dataclass
+class _Grid:
+    """Physical coordinates (mm) centred on the grid; X left-right, Y antero-posterior, Z cranio-caudal."""
+
+    shape: tuple                     # (z, y, x) voxels
+    spacing: tuple                   # (z, y, x) mm
+    ext: list                        # half extents (z, y, x) mm
+    P: tuple                         # (X, Y, Z) coordinate arrays
+    sc: float                        # anatomy scale in-plane (small test grids)
+    scz: float                       # anatomy scale cranio-caudal
+
+
+def _grid(shape, spacing) -> _Grid:
     ext = [(n - 1) * s / 2 for n, s in zip(shape, spacing)]
     z, y, x = [np.linspace(-e, e, n, dtype=np.float32) for e, n in zip(ext, shape)]
     Z, Y, X = np.meshgrid(z, y, x, indexing="ij")
-    P = (X, Y, Z)
     fov = (ext[2], ext[1], ext[0])  # half extents x, y, z
     sc = min(fov[0] / 190.0, fov[1] / 190.0)  # anatomy scale for small test grids
     scz = min(1.0, fov[2] / 96.0)
+    return _Grid(shape, spacing, ext, (X, Y, Z), sc, scz)
 
-    tissue = np.zeros(shape, np.uint8)
-    names = list(TISSUES)
-    T = {n: i for i, n in enumerate(names)}
+
+@dataclass
+class _Anatomy:
+    tissue: np.ndarray               # uint8 (z, y, x): index into TISSUES
+    body: np.ndarray
+    cavity: np.ndarray
+    liver: np.ndarray
+    spleen: np.ndarray
+    cirrhotic: bool
+    liver_c: tuple                   # liver centre (x, y, z) mm
+    portal: np.ndarray = None
+    hepatic: np.ndarray = None
+
+
+TISSUE_INDEX = {n: i for i, n in enumerate(TISSUES)}
+
+
+def _organs(rng, g: _Grid) -> _Anatomy:
+    """Body outline with subcutaneous fat and muscle, liver (sometimes cirrhotic), spleen, kidneys."""
+    (X, Y, _), P, sc, scz, T = g.P, g.P, g.sc, g.scz, TISSUE_INDEX
+    tissue = np.zeros(g.shape, np.uint8)
     body_ax = (sc * rng.uniform(150, 170), sc * rng.uniform(100, 120))
     body = (X / body_ax[0]) ** 2 + (Y / body_ax[1]) ** 2 <= 1
     tissue[body] = T["fat"]
@@ -198,7 +217,7 @@ def generate_case(seed: int = 0, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0), 
     liver = (_ellipsoid(P, liver_c, liver_ax, _rotation(rng, 0.25)) <= 1) & cavity
     liver &= (X - liver_c[0]) * 0.5 + (Y - liver_c[1]) * 0.2 < liver_ax[0] * 0.75   # a flatter medial side
     spleen = (_ellipsoid(P, (sc * 95, sc * 30, scz * 20), (sc * 33, sc * 25, scz * 50), _rotation(rng)) <= 1) & cavity
-    kidneys = np.zeros(shape, bool)
+    kidneys = np.zeros(g.shape, bool)
     for side in (-1, 1):
         kidneys |= _ellipsoid(P, (side * sc * 65, sc * 60, scz * -45), (sc * 26, sc * 26, scz * 52),
                               _rotation(rng)) <= 1
@@ -206,9 +225,14 @@ def generate_case(seed: int = 0, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0), 
     tissue[spleen] = T["spleen"]
     tissue[kidneys] = T["kidney"]
     tissue[liver] = T["cirrhotic liver" if cirrhotic else "liver"]
-    # vessels
-    aorta = ((X - sc * 15) ** 2 + (Y - sc * 45) ** 2 <= (sc * 11) ** 2) & body
-    ivc = ((X + sc * 20) ** 2 + (Y - sc * 40) ** 2 <= (sc * 10) ** 2) & body
+    return _Anatomy(tissue, body, cavity, liver, spleen, bool(cirrhotic), liver_c)
+
+
+def _add_vessels(rng, g: _Grid, a: _Anatomy) -> None:
+    """Aorta, IVC, portal vein with three branches from the hilum, three hepatic veins into the IVC."""
+    (X, Y, _), P, sc, scz, T, liver_c = g.P, g.P, g.sc, g.scz, TISSUE_INDEX, a.liver_c
+    aorta = ((X - sc * 15) ** 2 + (Y - sc * 45) ** 2 <= (sc * 11) ** 2) & a.body
+    ivc = ((X + sc * 20) ** 2 + (Y - sc * 40) ** 2 <= (sc * 10) ** 2) & a.body
     hilum = (liver_c[0] + sc * 35, liver_c[1] + sc * 15, liver_c[2] - scz * 5)
     portal = _tube(P, (sc * 0, sc * 25, scz * -30), hilum, sc * 7)
     for _ in range(3):
@@ -220,29 +244,39 @@ def generate_case(seed: int = 0, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0), 
     for _ in range(3):
         end = (liver_c[0] + sc * rng.uniform(-60, 20), liver_c[1] + sc * rng.uniform(-45, 20),
                liver_c[2] + scz * rng.uniform(-35, 20))
-        hepatic |= _tube(P, top, end, sc * rng.uniform(3, 4.5)) & (liver | ivc)
-    tissue[hepatic & body] = T["hepatic vein"]
-    tissue[portal & (liver | cavity)] = T["portal vein"]
-    tissue[aorta] = T["aorta"]
+        hepatic |= _tube(P, top, end, sc * rng.uniform(3, 4.5)) & (a.liver | ivc)
+    a.tissue[hepatic & a.body] = T["hepatic vein"]
+    a.tissue[portal & (a.liver | a.cavity)] = T["portal vein"]
+    a.tissue[aorta] = T["aorta"]
+    a.portal, a.hepatic = portal, hepatic
 
-    # lesions
+
+def _plan_lesions(rng, g: _Grid, a: _Anatomy, tumor_kind) -> tuple[str, list]:
+    """The tumor kind (HCC or metastases) and the lesions placed in the liver, away from the vessels."""
     kind = tumor_kind or ("hcc" if rng.random() < 0.5 else "metastasis")
     if kind == "hcc":
         n_t = 1 if (u := rng.random()) < 0.6 else (int(rng.integers(2, 4)) if u < 0.9 else int(rng.integers(4, 6)))
     else:
         n_t = int(rng.integers(1, 7))
-    liver_free = liver & ~portal & ~hepatic
-    lesions = _place_lesions(rng, P, liver_free, spacing, kind, n_t,
+    liver_free = a.liver & ~a.portal & ~a.hepatic
+    lesions = _place_lesions(rng, g.P, liver_free, g.spacing, kind, n_t,
                              int(rng.integers(0, 4)), int(rng.integers(0, 3)))
-    late_arterial = bool(rng.random() < 0.5)
-    liver_vals = [_value("cirrhotic liver" if cirrhotic else "liver", i, late_arterial) for i in range(6)]
+    return kind, lesions
 
-    # relative intensity per sequence
-    rel = np.stack([np.vectorize(lambda t, i=i: _value(names[t], i, late_arterial), otypes=[np.float32])(
+
+def _relative_intensities(tissue: np.ndarray, late_arterial: bool) -> np.ndarray:
+    """(6, z, y, x) relative intensity per sequence of the tissue map."""
+    names = list(TISSUES)
+    return np.stack([np.vectorize(lambda t, i=i: _value(names[t], i, late_arterial), otypes=[np.float32])(
         np.arange(len(names)))[tissue] for i in range(6)])
-    label = np.zeros(shape, np.uint8)
-    tumor_maps = np.zeros((6,) + shape, np.float32)
-    tumor_mask = np.zeros(shape, bool)
+
+
+def _paint_lesions(rng, g: _Grid, a: _Anatomy, lesions: list, rel: np.ndarray, liver_vals: list,
+                   late_arterial: bool, informative) -> np.ndarray:
+    """Lesion intensities (core, rim) into ``rel``; returns the tumor label.  ``informative``: tumors have
+    contrast only in those sequences and look like liver in the others."""
+    label = np.zeros(g.shape, np.uint8)
+    tumor_mask = np.zeros(g.shape, bool)
     for les in lesions:
         core_v, rim_v, flags = _lesion_values(les["kind"], rng, late_arterial, liver_vals)
         les.update(flags)
@@ -251,9 +285,9 @@ def generate_case(seed: int = 0, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0), 
                 if key in informative and abs(core_v[i] / liver_vals[i] - 1) < 0.25:
                     core_v[i] = 0.6 * liver_vals[i]
         r = les["radius_mm"]
-        wob = 1 + 0.08 * _smooth_field(rng, shape, (3, 4, 4), -1, 1)
-        e = _ellipsoid(P, les["center_mm"], [r * a for a in les["axes"]], _rotation(rng, 1.0)) * wob
-        mask = (e <= 1) & liver
+        wob = 1 + 0.08 * _smooth_field(rng, g.shape, (3, 4, 4), -1, 1)
+        e = _ellipsoid(g.P, les["center_mm"], [r * ax for ax in les["axes"]], _rotation(rng, 1.0)) * wob
+        mask = (e <= 1) & a.liver
         if not mask.any():
             continue
         les["voxels"] = int(mask.sum())
@@ -263,7 +297,7 @@ def generate_case(seed: int = 0, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0), 
             rim_w = 3.0 / max(r, 3.0) if les["kind"] == "metastasis" else 0.3
             rim = mask & (e > (1 - rim_w) ** 2)
             if les["kind"] == "hemangioma":  # peripheral nodules, bright as the aorta in the arterial phase
-                rim &= _smooth_field(rng, shape, (6, 10, 10)) > 0.4
+                rim &= _smooth_field(rng, g.shape, (6, 10, 10)) > 0.4
             rel[:, rim] = np.asarray(rim_v, np.float32)[:, None]
         if les["is_tumor"]:
             label[mask] = 1
@@ -273,13 +307,15 @@ def generate_case(seed: int = 0, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0), 
         for i, key in enumerate(SEQUENCE_KEYS):
             if key not in informative:
                 rel[i, tumor_mask] = liver_vals[i]
-    # liver texture (same pattern in every series, stronger when cirrhotic)
-    cv = 0.07 if cirrhotic else 0.04
-    if noise:
-        tex = 1 + cv * 1.7 * _smooth_field(rng, shape, (12, 32, 32), -1, 1)
-        organ = liver | spleen
-        rel[:, organ] *= tex[organ]
+    return label
 
+
+def _acquire(rng, g: _Grid, rel: np.ndarray, noise: bool, unregistered: bool,
+             residual_misalignment: bool) -> tuple[dict, dict, float]:
+    """The six images from the relative intensities: transmit field (contrast), receive field, T2's coarser
+    slices, motion between series and Rician noise with a g-factor map.  Returns images, motion (x, y, z mm)
+    and the noise sigma."""
+    shape = g.shape
     images, motion = {}, {}
     b1 = _smooth_field(rng, shape, (2, 3, 3), 0.6, 1.1) if noise else np.ones(shape, np.float32)
     coil = _smooth_field(rng, shape, (2, 3, 3), 0.8, 1.2) if noise else np.ones(shape, np.float32)
@@ -293,31 +329,63 @@ def generate_case(seed: int = 0, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0), 
         img = (LIVER_SIGNAL * r * coil).astype(np.float32)
         if key == "T2":  # coarser slices: a centred two-slice profile, then the slice-profile blur
             img = ndimage.correlate1d(img, [0.25, 0.5, 0.25], axis=0, mode="nearest")  # centred: no half-slice shift
-            img = ndimage.gaussian_filter1d(img, sigma=max(6.0 / spacing[0] / 2.355, 0.3), axis=0)
-        if key != "T1_15min":
-            if unregistered:
-                shift = (float(rng.uniform(-2, 2)), float(rng.uniform(-3, 3)),
-                         float(np.clip(rng.normal(0, 4), -10, 10)))
-            elif residual_misalignment:
-                shift = tuple(float(v) for v in rng.normal(0, 0.7, 3))
-            else:
-                shift = (0.0, 0.0, 0.0)
-            motion[key] = list(shift)
-            if any(shift):
-                img = ndimage.shift(img, [shift[2] / spacing[0], shift[1] / spacing[1], shift[0] / spacing[2]],
-                                    order=1, mode="nearest")
-        else:
-            motion[key] = [0.0, 0.0, 0.0]
+            img = ndimage.gaussian_filter1d(img, sigma=max(6.0 / g.spacing[0] / 2.355, 0.3), axis=0)
+        motion[key] = _motion(rng, key, unregistered, residual_misalignment)
+        if any(motion[key]):
+            shift = motion[key]
+            img = ndimage.shift(img, [shift[2] / g.spacing[0], shift[1] / g.spacing[1], shift[0] / g.spacing[2]],
+                                order=1, mode="nearest")
         if noise:
             s = sigma * gmap
             img = np.sqrt((img + rng.normal(0, 1, shape) * s) ** 2 + (rng.normal(0, 1, shape) * s) ** 2)
         images[key] = img.astype(np.float32)
-    info = {"seed": seed, "tumor_kind": kind, "cirrhotic": bool(cirrhotic),
+    return images, motion, sigma
+
+
+def _motion(rng, key: str, unregistered: bool, residual_misalignment: bool) -> list:
+    """Displacement (x, y, z mm) of one series against T1 15 min: breathing (``unregistered``), the residual
+    misalignment registration leaves, or none."""
+    if key == "T1_15min":
+        return [0.0, 0.0, 0.0]
+    if unregistered:
+        shift = (float(rng.uniform(-2, 2)), float(rng.uniform(-3, 3)), float(np.clip(rng.normal(0, 4), -10, 10)))
+    elif residual_misalignment:
+        shift = tuple(float(v) for v in rng.normal(0, 0.7, 3))
+    else:
+        shift = (0.0, 0.0, 0.0)
+    return list(shift)
+
+
+def generate_case(seed: int = 0, shape=(48, 128, 128), spacing=(4.0, 3.0, 3.0), informative=None,
+                  unregistered: bool = False, residual_misalignment: bool = True, noise: bool = True,
+                  tumor_kind: str | None = None) -> PhantomCase:
+    """One phantom case on a (z, y, x) grid with ``spacing`` (mm).  ``noise=False`` gives noise- and
+    field-free images (for checking contrast); ``tumor_kind`` forces "hcc" or "metastasis"."""
+    rng = np.random.default_rng(seed)
+    informative = list(informative) if informative else None
+    for k in informative or []:
+        if k not in SEQUENCE_KEYS:
+            raise ValueError(f"unknown sequence {k!r} in informative; expected {', '.join(SEQUENCE_KEYS)}")
+    g = _grid(tuple(int(s) for s in shape), tuple(float(s) for s in spacing))
+    anatomy = _organs(rng, g)
+    _add_vessels(rng, g, anatomy)
+    kind, lesions = _plan_lesions(rng, g, anatomy, tumor_kind)
+    late_arterial = bool(rng.random() < 0.5)
+    liver_vals = [_value("cirrhotic liver" if anatomy.cirrhotic else "liver", i, late_arterial) for i in range(6)]
+    rel = _relative_intensities(anatomy.tissue, late_arterial)
+    label = _paint_lesions(rng, g, anatomy, lesions, rel, liver_vals, late_arterial, informative)
+    if noise:  # liver texture (same pattern in every series, stronger when cirrhotic)
+        cv = 0.07 if anatomy.cirrhotic else 0.04
+        tex = 1 + cv * 1.7 * _smooth_field(rng, g.shape, (12, 32, 32), -1, 1)
+        organ = anatomy.liver | anatomy.spleen
+        rel[:, organ] *= tex[organ]
+    images, motion, sigma = _acquire(rng, g, rel, noise, unregistered, residual_misalignment)
+    info = {"seed": seed, "tumor_kind": kind, "cirrhotic": anatomy.cirrhotic,
             "arterial_phase": "late" if late_arterial else "early", "informative": informative,
             "unregistered": unregistered, "noise_sigma": float(sigma) if noise else 0.0,
-            "liver_volume_ml": float(liver.sum() * np.prod(spacing) / 1000)}
-    origin = tuple(-e for e in ext[::-1])
-    return PhantomCase(images, label, lesions, motion, spacing, origin, info=info)
+            "liver_volume_ml": float(anatomy.liver.sum() * np.prod(g.spacing) / 1000)}
+    origin = tuple(-e for e in g.ext[::-1])
+    return PhantomCase(images, label, lesions, motion, g.spacing, origin, info=info)
 
 
 def write_case(case: PhantomCase, folder: str) -> str:
