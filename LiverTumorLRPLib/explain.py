@@ -26,7 +26,7 @@ from .device import run_with_cpu_fallback
 from .inference import flip, plan_for
 from .lrp import LRP, as_lrp
 from .model_info import model_info
-from .presets import DEFAULT_PRESET
+from .lrp.presets import DEFAULT_PRESET
 from .progress import as_progress
 from .shares import shares_of
 from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
