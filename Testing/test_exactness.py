@@ -15,13 +15,13 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from LiverTumorLRPLib.case_io import case_from_images, write_image
+from LiverTumorLRPLib.case_io import case_from_images
 from LiverTumorLRPLib.explain import region_relevance, region_relevance_loop, relevance, sequence_relevance
 from LiverTumorLRPLib.geometry import SpacingMap
 from LiverTumorLRPLib.inference import grow_to_budget, plan_for, plan_patches, predict_logits
 from LiverTumorLRPLib.lrp import LRP
 from LiverTumorLRPLib.model_info import ModelInfo, model_info
-from LiverTumorLRPLib.models import build_model, load_model, save_model_file
+from LiverTumorLRPLib.models import build_model, load_model
 from LiverTumorLRPLib.sequences import SEQUENCE_KEYS
 
 from lrp_models import random_unet

@@ -5,7 +5,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 from safetensors import safe_open
 
 from LiverTumorLRPLib.train import evaluate, train
