@@ -44,3 +44,26 @@ def test_a_case_folder_given_as_root_is_one_case(tmp_path):
     found = find_cases(str(tmp_path / "patient"))
     assert found == [str(tmp_path / "patient")]
     assert case_names(str(tmp_path / "patient"), found) == ["patient"]
+
+
+def test_nnunet_msd_and_brats_datasets_one_entry_per_case(tmp_path):
+    r = str(tmp_path)
+    for case in ("liver_001", "liver_002"):
+        for i in range(6):
+            touch(f"{r}/Dataset001_Liver/imagesTs/{case}_{i:04d}.nii.gz")
+        touch(f"{r}/Dataset001_Liver/labelsTs/{case}.nii.gz")
+    touch(f"{r}/Dataset001_Liver/imagesTr/liver_003.nii.gz")  # MSD: one 4D file per case
+    touch(f"{r}/Dataset001_Liver/labelsTr/pre_003.nii.gz")  # "pre" is an alias, but a labels folder is no case
+    touch(f"{r}/Dataset001_Liver/dataset.json")
+    touch(f"{r}/mine/p9_0000.nii.gz")  # a folder of nnU-Net channel files, whatever its name
+    touch(f"{r}/mine/p9_0001.nii.gz")
+    touch(f"{r}/brats/BraTS-GLI-00001-000/BraTS-GLI-00001-000-t1n.nii.gz")
+    touch(f"{r}/brats/BraTS20_Training_001/BraTS20_Training_001_flair.nii.gz")
+    expected = ["Dataset001_Liver/imagesTr/liver_003", "Dataset001_Liver/imagesTs/liver_001",
+                "Dataset001_Liver/imagesTs/liver_002", "brats/BraTS-GLI-00001-000", "brats/BraTS20_Training_001",
+                "mine/p9"]
+    found = find_cases(r)
+    assert found == [os.path.join(r, *e.split("/")) for e in expected]
+    assert case_names(r, found) == expected
+    images = os.path.join(r, "Dataset001_Liver", "imagesTs")
+    assert case_names(images, find_cases(images)) == ["liver_001", "liver_002"]

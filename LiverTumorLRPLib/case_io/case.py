@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,6 +59,26 @@ class Case:
     def to_image(self, array: np.ndarray, dtype=None) -> sitk.Image:
         """A SimpleITK image of a (z, y, x) array with this case's geometry."""
         return array_to_image(array, self.reference, dtype)
+
+
+@dataclass
+class CaseSource:
+    """Where one case's images and label come from, before anything is read (see :func:`.reading.case_source`).
+
+    ``files``: channel key (and ``"label"``) -> the file or DICOM folder holding it; ``volumes``: channel key ->
+    its index in a multi-channel file (MSD 4D NIfTI); ``lesion``: None when the label is a 0/1 tumor mask, else
+    the label values that are the lesion (or ``"nonzero"``: every non-zero value), see
+    :func:`.labels.label_on_grid`; ``classes``: label value -> class name of a multi-class label (those it may
+    hold); ``reader``: key -> image, for sources that are not one file per channel (e.g. DICOM studies);
+    ``kind`` names the layout in messages."""
+
+    name: str
+    files: dict
+    volumes: dict = field(default_factory=dict)
+    lesion: Union[None, str, tuple] = None
+    classes: Optional[Mapping[int, str]] = None
+    reader: Optional[Callable[[str], sitk.Image]] = None
+    kind: str = "case folder"
 
 
 def reference_key(keys=SEQUENCE_KEYS) -> str:

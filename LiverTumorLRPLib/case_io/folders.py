@@ -1,5 +1,6 @@
-"""Finding a case's files: case folders (one image or DICOM folder per sequence, named by its key), ``case.json``,
-and every case under a folder."""
+"""Finding a case's files: case folders (one image or DICOM folder per sequence, named by its key, or BraTS
+file names for a BraTS model), ``case.json``, and every case under a folder (nnU-Net and MSD datasets: one
+case per case id, see :mod:`.datasets`)."""
 from __future__ import annotations
 
 import json
@@ -7,36 +8,22 @@ import os
 from typing import Optional
 
 from ..sequences import SEQUENCE_KEYS, guess_sequence
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-CASE_JSON = "case.json"
-LABEL_KEY = "label"
-
-
-def split_image_ext(name: str) -> tuple[str, str]:
-    """(stem, extension) with a known image extension (longest first), else ('', '')."""
-    low = name.lower()
-    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
-        if low.endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], name[-len(ext):]
-    return "", ""
-
-
-def _folder_entries(folder: str) -> list[str]:
-    return sorted(e for e in os.listdir(folder) if not e.startswith("."))
+from .channels import brats_file, looks_like_brats_file
+from .datasets import dataset_cases, is_images_folder, is_labels_folder
+from .names import CASE_JSON, LABEL_KEY, folder_entries, split_image_ext
 
 
 def _find_in_folder(folder: str, keys=SEQUENCE_KEYS) -> dict[str, str]:
     """key -> path of the sequence files / DICOM folders (and the label) of a case folder."""
     found: dict[str, list[str]] = {}
     wanted = {k.lower(): k for k in (*keys, LABEL_KEY)}
-    for entry in _folder_entries(folder):
+    for entry in folder_entries(folder):
         path = os.path.join(folder, entry)
         if os.path.isdir(path):
             key = wanted.get(entry.lower())
         else:
             stem, _ = split_image_ext(entry)
-            key = wanted.get(stem.lower()) if stem else None
+            key = (wanted.get(stem.lower()) or brats_file(stem, keys)) if stem else None
         if key is not None:
             found.setdefault(key, []).append(path)
     files = {}
@@ -94,7 +81,7 @@ def case_files(path: str, sequences=None) -> tuple[str, dict[str, str]]:
         where = f"case folder {folder}"
     missing = [k for k in keys if k not in files]
     if missing:
-        entries = _folder_entries(folder)
+        entries = folder_entries(folder)
         hints = []
         for e in entries:
             guess = guess_sequence(split_image_ext(e)[0] or e)
@@ -119,20 +106,23 @@ def _names_a_sequence(folder: str, entry: str) -> bool:
         if entry.lower() in {k.lower() for k in SEQUENCE_KEYS}:
             return True
         try:
-            inner = _folder_entries(path)
+            inner = folder_entries(path)
         except OSError:
             return False
         leaf = bool(inner) and not any(os.path.isdir(os.path.join(path, e)) for e in inner)
         return leaf and guess_sequence(entry) is not None
     stem, _ = split_image_ext(entry)
-    return bool(stem) and guess_sequence(stem) is not None
+    return bool(stem) and (guess_sequence(stem) is not None or looks_like_brats_file(stem))
 
 
 def find_cases(root: str, exclude=()) -> list[str]:
-    """Every case folder under ``root``, sorted: a folder holding a ``case.json`` or any sequence file or DICOM
-    folder (by key or a name :func:`sequences.guess_sequence` recognises), so that a case missing some
-    sequences is found (and then fails with its reason) rather than dropped.  A case's own sub-folders are
-    not searched; folders in ``exclude`` (e.g. the output folder) are skipped."""
+    """Every case under ``root``, sorted: a folder holding a ``case.json`` or any sequence file or DICOM
+    folder (by key, a name :func:`sequences.guess_sequence` recognises or a BraTS file name), so that a case
+    missing some sequences is found (and then fails with its reason) rather than dropped; and in an nnU-Net or
+    MSD images folder (``imagesTs``, ``imagesTr``, or a folder of ``CASE_0000.nii.gz`` files) each case as
+    ``FOLDER/CASE`` (:func:`.datasets.dataset_cases`; the ``labelsTs``/``labelsTr`` beside it are not
+    searched).  A case's own sub-folders are not searched; folders in ``exclude`` (e.g. the output folder) are
+    skipped."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root} is not a folder")
@@ -142,6 +132,11 @@ def find_cases(root: str, exclude=()) -> list[str]:
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and os.path.realpath(os.path.join(folder, d)) not in skip)
         visible = [n for n in names if not n.startswith(".")]
+        if is_images_folder(folder, visible):
+            cases.extend(dataset_cases(folder))
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if not is_labels_folder(folder, d)]
         if CASE_JSON in visible or any(_names_a_sequence(folder, e) for e in (*visible, *dirs)):
             cases.append(folder)
             dirs[:] = []

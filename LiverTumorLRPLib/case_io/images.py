@@ -78,6 +78,27 @@ def read_image(path: str, what: str = "image") -> sitk.Image:
     return image
 
 
+def read_channels(path: str, what: str = "image") -> list:
+    """The 3D volumes of a multi-channel image file (an MSD 4D NIfTI: channels in the 4th dimension; or a vector
+    image: one channel per component), as stored (unchecked); ValueError when it cannot be read."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} ({path}): file does not exist")
+    try:
+        image = sitk.ReadImage(path)
+    except RuntimeError as e:
+        raise ValueError(f"{what} ({path}): cannot be read ({itk_message(e)})") from None
+    bad = _nifti_nonfinite(path)
+    if bad:
+        raise ValueError(f"{what} ({path}): contains {bad} NaN or infinite voxels")
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return [sitk.VectorIndexSelectionCast(image, c) for c in range(image.GetNumberOfComponentsPerPixel())]
+    if image.GetDimension() == 4:
+        size = list(image.GetSize())
+        return [sitk.Extract(image, size[:3] + [0], [0, 0, 0, t]) for t in range(size[3])]
+    return [image]
+
+
 def check_image(image: sitk.Image, what: str = "image", path: str = "in-memory image") -> sitk.Image:
     """A 3D scalar float32 copy of ``image``; ValueError (naming ``what`` and ``path``) if it is unusable."""
     where = f"{what} ({path})"

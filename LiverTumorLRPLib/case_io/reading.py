@@ -1,7 +1,9 @@
-"""Building a :class:`.Case`: from a case folder (:func:`read_case`) or from images in memory
-(:func:`case_from_images`): every sequence onto the reference grid, normalised, stacked in channel order."""
+"""Building a :class:`.Case`: from a case on disk (:func:`read_case`, which finds its files with
+:func:`case_source`) or from images in memory (:func:`case_from_images`): every sequence onto the reference
+grid, normalised, stacked in channel order."""
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Mapping, Optional
 
@@ -11,11 +13,14 @@ import SimpleITK as sitk
 from ..intensity import normalise_sequence
 from ..progress import as_progress
 from ..sequences import SEQUENCE_KEYS
-from .case import Case, reference_key
-from .folders import LABEL_KEY, case_files
+from .case import Case, CaseSource, reference_key
+from .channels import brats_file
+from .datasets import dataset_cases, dataset_source, is_images_folder, label_file, lesion_label
+from .folders import case_files
 from .grid import GeometryWarning, require_overlap, same_grid
-from .images import check_image, read_image
+from .images import check_image, read_channels, read_image
 from .labels import label_on_grid, read_label
+from .names import LABEL_KEY, split_image_ext
 
 
 def _check_sequences(images: Mapping[str, Any], keys: tuple, name: str) -> None:
@@ -92,13 +97,15 @@ def _normalised(raw: np.ndarray, keys: tuple, ref_key: str, files: Mapping[str, 
 def case_from_images(images: Mapping[str, Any], name: str = "case", label: Any = None, normalise: bool = True,
                      register: bool = False, progress=None, files: Optional[Mapping[str, str]] = None,
                      keep_raw: bool = True, orient: Optional[str] = None, bspline: bool = True,
-                     sequences=None) -> Case:
+                     sequences=None, lesion=None, classes: Optional[Mapping[int, str]] = None) -> Case:
     """Build a :class:`Case` from in-memory images: key -> SimpleITK image (or (z, y, x) numpy array).
 
     Numpy arrays take the geometry of the T1_15min SimpleITK image when there is one
     (else unit spacing); ``label`` likewise.  ``files`` (key -> path) only names the
     sources in errors and in ``Case.files``.  ``orient`` (e.g. ``"LPS"``) reorients every
-    image with ``sitk.DICOMOrient`` first.  See :func:`read_case` for the rest.
+    image with ``sitk.DICOMOrient`` first.  ``lesion`` and ``classes``: ``label`` is a multi-class map, of which
+    the lesion values are the mask (:func:`.labels.label_on_grid`; None: a 0/1 mask).  See :func:`read_case`
+    for the rest.
     """
     progress = as_progress(progress)
     files = dict(files or {})
@@ -115,7 +122,7 @@ def case_from_images(images: Mapping[str, Any], name: str = "case", label: Any =
     lab = None
     if label is not None:
         src = files.get(LABEL_KEY, "in-memory image")
-        lab = label_on_grid(_as_image(label, LABEL_KEY, src, geometry, orient), reference, src)
+        lab = label_on_grid(_as_image(label, LABEL_KEY, src, geometry, orient), reference, src, lesion, classes)
     progress(1.0, "case read")
     return Case(name=name, image=stack, reference=reference, files=files,
                 raw=(raw if keep_raw else None) if normalise else raw, label=lab, transforms=transforms,
@@ -125,9 +132,63 @@ def case_from_images(images: Mapping[str, Any], name: str = "case", label: Any =
 load_case_arrays = case_from_images
 
 
+def case_source(path: str, sequences=None, *, labels: Optional[str] = None, lesion=None,
+                model_classes=None) -> CaseSource:
+    """Where the case ``path`` names keeps its channels and label, for a model with channels ``sequences``.
+
+    ``path``: a case folder or its ``case.json`` (BraTS file names for a BraTS model), or an nnU-Net / MSD case:
+    its first channel file, ``FOLDER/CASE`` or its 4D file (:mod:`.datasets`).  ``labels``: a folder of
+    ``CASE.*`` labels instead of the dataset's ``labelsTs``/``labelsTr`` (or a case folder's ``label.*``);
+    ``lesion`` and ``model_classes``: the model's lesion class and class names, which pick the lesion out of a
+    multi-class label.  FileNotFoundError / ValueError in one line naming the file."""
+    keys = tuple(sequences or SEQUENCE_KEYS)
+    path = os.fspath(path)
+    # Other layouts plug in here, before the folder readers: a DICOM study folder returns a CaseSource
+    # whose ``reader`` reads each sequence from the study's series.
+    src = dataset_source(path, keys, labels, lesion, model_classes)
+    if src is not None:
+        return src
+    if os.path.isdir(path) and is_images_folder(path):
+        cases = [os.path.basename(c) for c in dataset_cases(path)]
+        raise ValueError(f"{path}: an nnU-Net dataset folder of {len(cases)} cases ({', '.join(cases[:3])}"
+                         f"{', ...' if len(cases) > 3 else ''}); give one case ({os.path.join(path, 'CASE')} or its "
+                         "first file CASE_0000.nii.gz), or run liver-lrp cohort on the folder")
+    name, files = case_files(path, keys)
+    src = CaseSource(name, files)
+    if labels is not None:
+        src.files[LABEL_KEY] = label_file(labels, name, explicit=True)
+    if LABEL_KEY in src.files:
+        stem = split_image_ext(os.path.basename(src.files[LABEL_KEY]))[0]
+        if brats_file(stem, keys) == LABEL_KEY:
+            src.lesion = "nonzero"  # BraTS: every tumor sub-region (the whole tumor)
+        elif labels is not None:
+            src.lesion, src.classes = lesion_label({}, lesion, model_classes)
+    return src
+
+
+def _read_images(src: CaseSource, keys: tuple, progress) -> dict:
+    """key -> image of every channel of ``src`` (a multi-channel file is read once)."""
+    images, split = {}, {}
+    for i, key in enumerate(keys):
+        progress(0.1 * i / len(keys), f"reading {key}")
+        path = src.files[key]
+        if src.reader is not None:
+            images[key] = check_image(src.reader(key), key, path)
+        elif key in src.volumes:
+            if path not in split:
+                split[path] = read_channels(path, key)
+            images[key] = check_image(split[path][src.volumes[key]], key, f"{path}, channel {src.volumes[key]}")
+        else:
+            images[key] = read_image(path, key)
+    return images
+
+
 def read_case(path: str, normalise: bool = True, register: bool = False, progress=None, *,
-              keep_raw: bool = True, orient: Optional[str] = None, bspline: bool = True, sequences=None) -> Case:
-    """Read a case folder (or its ``case.json``) into a :class:`Case`.
+              keep_raw: bool = True, orient: Optional[str] = None, bspline: bool = True, sequences=None,
+              labels: Optional[str] = None, lesion=None, model_classes=None) -> Case:
+    """Read a case into a :class:`Case`: a case folder (or its ``case.json``), or an nnU-Net / MSD case (its first
+    channel file ``imagesTs/CASE_0000.nii.gz``, ``imagesTs/CASE`` or an MSD 4D file); see :func:`case_source`
+    for ``labels``, ``lesion`` and ``model_classes`` (the model's lesion class and class names).
 
     Sequences on another grid than T1_15min are resampled onto it (linear, with a
     :class:`GeometryWarning`); ``register=True`` instead registers every sequence to
@@ -137,14 +198,9 @@ def read_case(path: str, normalise: bool = True, register: bool = False, progres
     """
     progress = as_progress(progress)
     keys = tuple(sequences or SEQUENCE_KEYS)
-    name, files = case_files(path, keys)
-    images = {}
-    for i, key in enumerate(keys):
-        progress(0.1 * i / len(keys), f"reading {key}")
-        images[key] = read_image(files[key], key)
-    label = None
-    if LABEL_KEY in files:
-        label = read_label(files[LABEL_KEY])
-    return case_from_images(images, name=name, label=label, normalise=normalise, register=register,
-                            progress=progress, files=files, keep_raw=keep_raw, orient=orient, bspline=bspline,
-                            sequences=keys)
+    src = case_source(path, keys, labels=labels, lesion=lesion, model_classes=model_classes)
+    images = _read_images(src, keys, progress)
+    label = read_label(src.files[LABEL_KEY]) if LABEL_KEY in src.files else None
+    return case_from_images(images, name=src.name, label=label, normalise=normalise, register=register,
+                            progress=progress, files=src.files, keep_raw=keep_raw, orient=orient, bspline=bspline,
+                            sequences=keys, lesion=src.lesion, classes=src.classes)

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from .folders import split_image_ext
+from .names import split_image_ext
 from .grid import array_to_image
 from .images import itk_message
 
