@@ -411,6 +411,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--unregistered", action="store_true", help="raw breathing motion between series")
     p.add_argument("--shape", type=int, nargs=3, default=[48, 128, 128], metavar=("Z", "Y", "X"))
     p.add_argument("--spacing", type=float, nargs=3, default=[4.0, 3.0, 3.0], metavar=("Z", "Y", "X"))
+    p.add_argument("--dicom", action="store_true", help="write each case as a DICOM study (localiser, T2, one "
+                   "dynamic series of four phases, diffusion, hepatobiliary phase, ground-truth SEG)")
 
 
 def run(args) -> int:
@@ -418,6 +420,10 @@ def run(args) -> int:
 
     for i in tqdm(range(args.cases), desc="phantom", unit="case", disable=args.cases < 2):
         case = generate_case(args.seed + i, args.shape, args.spacing, args.informative, args.unregistered)
-        write_case(case, os.path.join(args.out, f"case_{i:03d}"))
+        if getattr(args, "dicom", False):
+            from .dicom.phantom import write_phantom_study
+            write_phantom_study(case, os.path.join(args.out, f"case_{i:03d}"))
+        else:
+            write_case(case, os.path.join(args.out, f"case_{i:03d}"))
     print(f"{args.cases} case(s) -> {args.out}")
     return 0

@@ -21,12 +21,21 @@ class Sequence:
 
 SEQUENCES: tuple[Sequence, ...] = (
     Sequence("T2", "T2", "T2-weighted", ("t2",)),
-    Sequence("T1_plain", "T1 plain", "T1 before contrast (plain-T1)", ("plain", "pre", "native", "nativ")),
-    Sequence("T1_20s", "T1 20 s", "T1 20 s after gadoxetate (arterial)", ("20s", "20 s", "20 sec", "arterial")),
-    Sequence("T1_60s", "T1 60 s", "T1 60 s after gadoxetate (portal venous)", ("60s", "60 s", "60 sec", "portal", "venous")),
-    Sequence("T1_120s", "T1 120 s", "T1 120 s after gadoxetate (transitional)", ("120s", "120 s", "120 sec", "2 min", "transitional", "late")),
-    Sequence("T1_15min", "T1 15 min", "T1 15 min after gadoxetate (hepatobiliary)", ("15min", "15 min", "hepatobiliary", "hbp")),
+    Sequence("T1_plain", "T1 plain", "T1 before contrast (plain-T1)",
+             ("plain", "pre", "native", "nativ", "unenhanced", "non contrast")),
+    Sequence("T1_20s", "T1 20 s", "T1 20 s after gadoxetate (arterial)",
+             ("20s", "20 s", "20 sec", "arterial", "arteriell", "artériel", "arteriosa")),
+    Sequence("T1_60s", "T1 60 s", "T1 60 s after gadoxetate (portal venous)",
+             ("60s", "60 s", "60 sec", "portal", "venous", "venös", "venosa", "veineu")),
+    Sequence("T1_120s", "T1 120 s", "T1 120 s after gadoxetate (transitional)",
+             ("120s", "120 s", "120 sec", "2 min", "transitional", "late", "delayed", "equilibrium", "spät",
+              "tardiv")),
+    Sequence("T1_15min", "T1 15 min", "T1 15 min after gadoxetate (hepatobiliary)",
+             ("15min", "15 min", "20min", "20 min", "hepatobiliary", "hbp", "hepatobiliar", "hépatobiliaire",
+              "epatobiliare", "leberspezifisch", "hepatocyt")),
 )
+# Aliases also cover German, French, Italian and Spanish phase names ("arteriell", "venös", "spät",
+# "hepatobiliär" -> "hepatobiliar", "tardiva", ...) as they appear in DICOM series descriptions.
 
 SEQUENCE_KEYS: tuple[str, ...] = tuple(s.key for s in SEQUENCES)
 DISPLAY_NAMES: tuple[str, ...] = tuple(s.display_name for s in SEQUENCES)
@@ -68,13 +77,27 @@ def _alias_pattern(alias: str) -> "re.Pattern[str]":
     return re.compile(rf"(?<![a-z]){body}")
 
 
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]", " ", name.lower()).strip()
+
+
+def find_alias(name: str, aliases) -> "str | None":
+    """The first of ``aliases`` that ``name`` mentions at a word start (the matching of :func:`guess_sequence`:
+    separators ``-_.`` are spaces, a number is not part of a larger number), or None."""
+    low = _normalised(name)
+    for alias in aliases:
+        if _alias_pattern(alias).search(low):
+            return alias
+    return None
+
+
 def guess_sequence(name: str) -> "str | None":
     """The sequence key a node or file name most likely refers to (``"T1 15min HBP"`` -> ``"T1_15min"``), or None.
 
     Exact keys win; otherwise the longest alias found at a word start ("T1 20s" is T1_20s, "T1 120s"
     is T1_120s).  "T2" only matches when no T1 alias does.
     """
-    low = re.sub(r"[-_.]", " ", name.lower()).strip()
+    low = _normalised(name)
     compact = low.replace(" ", "")
     for s in SEQUENCES:
         if compact == s.key.lower().replace("_", ""):
