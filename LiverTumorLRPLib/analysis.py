@@ -21,6 +21,7 @@ import numpy as np
 from .case_io import Case, read_case
 from .geometry import GridMap, grid_map
 from .model_info import ModelInfo, model_info
+from .necessity import REFERENCE, Necessity, agreement, dice
 from .progress import as_progress
 from .shares import shares_of
 
@@ -35,10 +36,14 @@ def load(model):
 
 
 def as_case(case, net=None) -> Case:
-    """``case`` itself, or the case folder read with the model's channels."""
+    """``case`` itself, or the case (a folder, or an nnU-Net dataset's case) read with the model's channels, its
+    label taken as the model's lesion class."""
     if isinstance(case, Case):
         return case
-    return read_case(case, sequences=model_info(net).channels if net is not None else None)
+    if net is None:
+        return read_case(case)
+    info = model_info(net)
+    return read_case(case, sequences=info.channels, lesion=info.lesion, model_classes=info.classes)
 
 
 @dataclass
@@ -69,13 +74,6 @@ def prepare(case, net) -> Prepared:
     if src is None:
         raise ValueError(f"case {case.name}: the model needs the un-normalised images (read the case with keep_raw)")
     return Prepared(case, net, info, grid, grid.image_to_network(src))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two masks; 1.0 when both are empty."""
-    a, b = a.astype(bool), b.astype(bool)
-    denom = a.sum() + b.sum()
-    return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
 
 
 # ---- segmentation -----------------------------------------------------------------------------------------------
@@ -122,11 +120,50 @@ def segment(p: Prepared, device="auto", patch_size=None, progress=None) -> Segme
     probs = probabilities(logits)
     labels_net = probs.argmax(axis=0).astype(np.uint8)
     prob = p.grid.to_case(probs[p.info.lesion_index], "probability").astype(np.float32)
-    labels = p.grid.to_case(logits if getattr(p.grid, "wants_raw", False) else labels_net,
-                            "segmentation").astype(np.uint8)
     plan = plan_for(p.info, p.image.shape[1:], patch_size)
     prog(1.0, "segmented")
-    return Segmentation(p, prob, labels, labels_net, len(plan.windows), tuple(plan.patch))
+    return Segmentation(p, prob, case_labels(p, logits, labels_net), labels_net, len(plan.windows),
+                        tuple(plan.patch))
+
+
+def case_labels(p: Prepared, logits: np.ndarray, network_labels: Optional[np.ndarray] = None) -> np.ndarray:
+    """The predicted class of every voxel on the case grid, from the logits on the network grid."""
+    if getattr(p.grid, "wants_raw", False):      # nnU-Net's export resamples the logits, then takes the argmax
+        return p.grid.to_case(logits, "segmentation").astype(np.uint8)
+    labels = logits.argmax(axis=0).astype(np.uint8) if network_labels is None else network_labels
+    return p.grid.to_case(labels, "segmentation").astype(np.uint8)
+
+
+# ---- necessity --------------------------------------------------------------------------------------------------
+def necessity(p: Prepared, seg: Optional[Segmentation] = None, reference: str = REFERENCE, device="auto",
+              patch_size=None, batch: int = 4, progress=None) -> Necessity:
+    """How much the segmentation needs each sequence (:mod:`.necessity`): the Dice with one sequence replaced by
+    ``reference`` and the Shapley values of Dice over all subsets of sequences (2^C forward passes, ``batch`` at
+    a time), against the case's label when it has one, else against the segmentation with every sequence."""
+    from .inference import predict_logits
+    from .necessity import reference_image, sequence_necessity, with_only
+
+    prog = as_progress(progress)
+    ref = reference_image(p.image, reference)
+    lesion = p.info.lesion_index
+    if p.case.label is not None:
+        target, what = p.case.label > 0, "label"
+    else:
+        seg = seg if seg is not None else segment(p, device, patch_size)
+        target, what = seg.segmentation.astype(bool), "prediction"
+    done = [0]
+
+    def dice_of(subsets):
+        out = []
+        for i in range(0, len(subsets), batch):
+            images = np.stack([with_only(p.image, ref, s) for s in subsets[i:i + batch]])
+            for logits in predict_logits(p.net, images, device=device, patch_size=patch_size):
+                out.append(dice(case_labels(p, logits) == lesion, target))
+            done[0] += len(images)
+            prog(min(done[0] / 2 ** len(p.info.channels), 1.0), f"necessity: {done[0]} forward passes")
+        return out
+
+    return sequence_necessity(dice_of, p.info.channels, reference, what)
 
 
 # ---- explanations -----------------------------------------------------------------------------------------------
@@ -147,6 +184,8 @@ class Explanation:
     details: dict = field(default_factory=dict)      # counts and options (n_voxels, n_excluded, preset, ...)
     region: Optional[np.ndarray] = field(default=None, repr=False)   # the explained region, case grid (Eq. 2)
     interval: dict = field(default_factory=dict)     # Sec. 2.3's spread over draws of B (relevance_p2.5, ...)
+    necessity: Optional[Necessity] = None            # how much the segmentation needs each sequence
+    agreement: Optional[dict] = None                 # the shares' ranking against the Shapley values of Dice
 
     @property
     def most_relevant(self) -> str:
@@ -209,13 +248,18 @@ def explain_region(p: Prepared, region="tumor", cls="tumor", preset="recommended
 
 def sequence_relevance(p: Prepared, preset="recommended", device="auto", seed: int = 0, background: str = "random",
                        max_voxels: Optional[int] = None, resamples: int = DEFAULT_RESAMPLES, patch_size=None,
-                       progress=None) -> Explanation:
+                       progress=None, seg: Optional[Segmentation] = None,
+                       necessity_reference: Optional[str] = REFERENCE) -> Explanation:
     """Sec. 2.3: ``M = M_B^0 + M_T^1`` per sequence, normalised to sum 1; with ``resamples`` draws of B their
-    spread and the exact expectation over B (:func:`.explain.sequence_relevance_interval`)."""
+    spread and the exact expectation over B (:func:`.explain.sequence_relevance_interval`).  Beside it, unless
+    ``necessity_reference`` is None, how much the segmentation needs each sequence (:func:`necessity`) and
+    whether the two rankings agree (:func:`.necessity.agreement`)."""
     from .explain import sequence_relevance as sec23, sequence_relevance_interval
 
+    prog = as_progress(progress)
+    with_necessity = necessity_reference is not None
     kw = dict(preset=preset, device=device, seed=seed, background=background, max_voxels=max_voxels,
-              patch_size=patch_size, progress=progress)
+              patch_size=patch_size, progress=prog.part(0.0, 0.7 if with_necessity else 1.0))
     res = sequence_relevance_interval(p.net, p.image, resamples=resamples, **kw) if resamples else sec23(
         p.net, p.image, **kw)
     details = {"analysis": "sequence relevance (Sec. 2.3): M = M_B^0 + M_T^1",
@@ -226,7 +270,11 @@ def sequence_relevance(p: Prepared, preset="recommended", device="auto", seed: i
     if resamples:
         interval = {"resamples": resamples, "relevance_mean": res.mean, "relevance_std": res.std,
                     "relevance_p2.5": res.low, "relevance_p97.5": res.high, "relevance_expected": res.expected}
-    return _explanation(p, "sequence relevance", res.maps, details, None, interval)
+    e = _explanation(p, "sequence relevance", res.maps, details, None, interval)
+    if with_necessity:
+        e.necessity = necessity(p, seg, necessity_reference, device, patch_size, progress=prog.part(0.7, 1.0))
+        e.agreement = agreement(e.shares, e.necessity.shapley_dice, e.channels, e.display_names)
+    return e
 
 
 def label_components(label: np.ndarray, segmentation: np.ndarray, max_components: int) -> list:
@@ -260,6 +308,6 @@ def explain_components(p: Prepared, seg: Segmentation, preset="recommended", dev
     return out
 
 
-__all__ = ["Prepared", "Segmentation", "Explanation", "load", "as_case", "prepare", "segment", "explain_region",
-           "sequence_relevance", "explain_components", "label_components", "region_mask", "dice",
+__all__ = ["Prepared", "Segmentation", "Explanation", "load", "as_case", "prepare", "segment", "case_labels",
+           "explain_region", "sequence_relevance", "necessity", "explain_components", "label_components", "region_mask", "dice",
            "DEFAULT_RESAMPLES"]

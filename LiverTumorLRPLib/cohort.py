@@ -28,8 +28,10 @@ import numpy as np
 
 from .analysis import DEFAULT_RESAMPLES
 from .case_io import find_cases, write_json, write_text
-from .commands import add_model_arguments, add_sequence_relevance_arguments, model_spec, patch_from_args
+from .commands import (add_model_arguments, add_sequence_relevance_arguments, model_spec, necessity_reference,
+                       patch_from_args)
 from .models import cached_model
+from .necessity import REFERENCE
 from .progress import one_line
 from .report import html_page
 from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
@@ -89,7 +91,8 @@ def _remove_temporaries(out: str) -> None:
 
 
 def run_case(case_dir: str, out: str, model, preset, device, seed, background, max_voxels, patch_size,
-             max_components: int, resamples: int = DEFAULT_RESAMPLES, threads: Optional[int] = None) -> dict:
+             max_components: int, resamples: int = DEFAULT_RESAMPLES, necessity_reference: Optional[str] = REFERENCE,
+             threads: Optional[int] = None) -> dict:
     """One case of a cohort (:func:`pipeline.analyze_case` with its label components); writes ``result.json``
     last.  Raises on a bad case."""
     import torch
@@ -101,7 +104,8 @@ def run_case(case_dir: str, out: str, model, preset, device, seed, background, m
         torch.set_num_threads(threads)
     net = cached_model(model)
     summary = pipeline.analyze_case(case_dir, out, net, preset, device, seed, background, max_voxels, patch_size,
-                                    finalize=False, max_components=max_components, resamples=resamples)
+                                    finalize=False, max_components=max_components, resamples=resamples,
+                                    necessity_reference=necessity_reference)
     write_json(summary, os.path.join(out, RESULT))
     if os.path.exists(os.path.join(out, ERROR)):
         os.remove(os.path.join(out, ERROR))
@@ -122,7 +126,7 @@ def case_names(root: str, cases: list[str]) -> list[str]:
 def run_cohort(root: str, out: str, model="bundled", preset="recommended", device="auto", workers: int = 1,
                seed: int = 0, background: str = "random", max_voxels=None, patch_size=None, max_components: int = 3,
                memory_per_case: float = 3.0, progress=None, scheduler: Optional[str] = None,
-               resamples: int = DEFAULT_RESAMPLES) -> dict:
+               resamples: int = DEFAULT_RESAMPLES, necessity_reference: Optional[str] = REFERENCE) -> dict:
     """Run every case under ``root``; returns ``{"results": {name: summary}, "failures": {name: reason}, ...}``.
 
     ``workers > 1`` runs the cases on a Dask LocalCluster, ``scheduler`` on an existing Dask cluster
@@ -132,7 +136,8 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
     cases = find_cases(root, exclude=[out])
     if not cases:
         raise ValueError(f"{root}: no case folders found (a case folder holds the sequence files "
-                         "T2, T1_plain, T1_20s, T1_60s, T1_120s, T1_15min, or DICOM folders so named, or a case.json)")
+                         "T2, T1_plain, T1_20s, T1_60s, T1_120s, T1_15min, or DICOM folders so named, or a case.json; "
+                         "or an nnU-Net imagesTs/imagesTr folder of CASE_0000.nii.gz ... files)")
     if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
         model = os.path.abspath(model)
     elif isinstance(model, dict) and os.path.exists(model.get("path", "")):
@@ -146,7 +151,8 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
             results[name] = _read_result(done)
         else:
             todo.append((name, case_dir))
-    args = (model, preset, device, seed, background, max_voxels, patch_size, max_components, resamples)
+    args = (model, preset, device, seed, background, max_voxels, patch_size, max_components, resamples,
+            necessity_reference)
     if progress:
         progress(len(results), len(cases), None, None)
 
@@ -291,20 +297,29 @@ def _channels(results: dict) -> tuple[list, list]:
 
 
 def write_cohort_outputs(out: str, results: dict, failures: dict) -> None:
-    """``cohort.csv``, Fig. 1 (``cohort_relevance.png``) and ``report.html``."""
+    """``cohort.csv``, Fig. 1 (``cohort_relevance.png``, with how much each sequence is needed beside it) and
+    ``report.html``."""
     from .figures import cohort_figure, png_data_uri
 
     names = sorted(results)
-    keys, _ = _channels(results)
+    keys, display = _channels(results)
+    need = [n for n in names if results[n].get("necessity")]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["case", "status", "dice", "tumor_voxels", *keys, "reason"])
+    w.writerow(["case", "status", "dice", "tumor_voxels", *keys, *[f"shapley_dice_{k}" for k in keys],
+                *[f"dice_without_{k}" for k in keys], "agreement_spearman", "agreement_same_top", "warning",
+                "reason"])
     for name in names:
         r = results[name]
+        nec, agr = r.get("necessity") or {}, r.get("agreement") or {}
         w.writerow([name, "ok", f"{r['dice']:.4f}" if "dice" in r else "", r.get("tumor_voxels", ""),
-                    *[f"{v:.6f}" for v in r["relevance"]], ""])
+                    *[f"{v:.6f}" for v in r["relevance"]],
+                    *[f"{nec['shapley_dice'][k]:.6f}" if nec else "" for k in keys],
+                    *[f"{nec['dice_without'][k]:.6f}" if nec else "" for k in keys],
+                    "" if agr.get("spearman") is None else f"{agr['spearman']:.4f}",
+                    "" if agr.get("same_top") is None else agr["same_top"], agr.get("warning") or "", ""])
     for name in sorted(failures):
-        w.writerow([name, "failed", "", "", *[""] * len(keys), failures[name]])
+        w.writerow([name, "failed", "", "", *[""] * (3 * len(keys) + 3), failures[name]])
     write_text(buf.getvalue(), os.path.join(out, "cohort.csv"))
     fig = None
     if names:
@@ -312,9 +327,12 @@ def write_cohort_outputs(out: str, results: dict, failures: dict) -> None:
         spread = all("relevance_p2.5" in results[n] for n in names)  # resampled regions B
         low, high = ([results[n][k] for n in names] for k in ("relevance_p2.5", "relevance_p97.5")) if spread \
             else (None, None)
+        necessity = [[results[n]["necessity"]["shapley_dice"][k] for k in keys] for n in names] \
+            if len(need) == len(names) else None
         fig = cohort_figure(names, shares, os.path.join(out, "cohort_relevance.png"),
                             title=f"Normalised relevance per sequence, {len(names)} cases"
-                                  + (" (bars: 95 % of resampled B)" if spread else ""), low=low, high=high)
+                                  + (" (bars: 95 % of resampled B)" if spread else ""), low=low, high=high,
+                            sequence_names=display, necessity=necessity)
     write_text(_report_html(out, names, results, failures, fig, png_data_uri), os.path.join(out, "report.html"))
 
 
@@ -329,12 +347,18 @@ def _report_html(out, names, results, failures, fig, uri) -> str:
     head = "".join(f"<th>{e(d)}</th>" for d in _channels(results)[1])
     parts = [f"<p>{len(names)} cases analysed, {len(failures)} failed. Sequence relevance as in Chlebus et al. "
              "(Sec. 2.3): M = M<sub>B</sub><sup>0</sup> + M<sub>T</sub><sup>1</sup>, normalised to sum 1.</p>"]
+    warned = [n for n in names if (results[n].get("agreement") or {}).get("warning")]
+    if warned:
+        parts.append(f"<p><b>{len(warned)} of {len(names)} cases: the relevance ranking disagrees with what the model "
+                     f"needs</b> (Spearman rho &lt; 0.5 with the Shapley values of Dice, or another top sequence): "
+                     f"{e(', '.join(warned))}. Read their relevance with the necessity panel beside it.</p>")
     if names:
         mean = np.mean([results[n]["relevance"] for n in names], axis=0)
         parts.append(f"<table><tr><th>case</th><th>Dice</th><th>tumor voxels</th>{head}</tr>{''.join(rows)}"
                      f"<tr><th>mean</th><td></td><td></td>{''.join(f'<th>{v:+.3f}</th>' for v in mean)}</tr></table>")
     if fig:
-        parts.append(f"<h2>Figure 1: relevance per sequence</h2><img src='{uri(fig)}'>")
+        parts.append(f"<h2>Figure 1: relevance per sequence (and the Shapley values of Dice, when computed)</h2>"
+                     f"<img src='{uri(fig)}'>")
     if failures:
         parts.append("<h2>Failed cases</h2><ul>" + "".join(f"<li><b>{e(n)}</b>: {e(m)}</li>"
                                                            for n, m in sorted(failures.items())) + "</ul>")
@@ -368,7 +392,8 @@ def run(args) -> int:
     try:
         res = run_cohort(args.root, args.out, model_spec(args), args.preset, args.device, args.workers, args.seed,
                          args.background, args.max_voxels, patch_from_args(args), args.max_components,
-                         args.memory_per_case, progress, args.scheduler, args.resamples)
+                         args.memory_per_case, progress, args.scheduler, args.resamples,
+                         necessity_reference(args))
     finally:
         bar.close()
     print(f"{len(res['results'])} done, {len(res['failures'])} failed ({res['skipped']} already finished), "

@@ -7,6 +7,7 @@ import os
 import sys
 
 from .analysis import DEFAULT_RESAMPLES
+from .necessity import REFERENCE, REFERENCES
 from .lrp.presets import PRESETS
 
 
@@ -58,6 +59,9 @@ def add_sequence_relevance_arguments(p: argparse.ArgumentParser):
     p.add_argument("--max-voxels", type=int, default=None, help="use at most this many voxels in T and in B")
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                    help="draws of the random region B for the shares' spread and exact expectation (0: one)")
+    p.add_argument("--necessity", default=REFERENCE, choices=[*REFERENCES, "none"], dest="necessity_reference",
+                   help="what replaces a sequence for the Dice without it and the Shapley values of Dice "
+                        f"(2^C forward passes; default {REFERENCE}: a blurred copy of it; none: skip)")
 
 
 def add_model_options(p: argparse.ArgumentParser):
@@ -101,7 +105,14 @@ def _read(args, net):
     from .case_io import read_case
     from .model_info import model_info
 
-    return read_case(args.case, register=args.register, sequences=model_info(net).channels)
+    info = model_info(net)
+    return read_case(args.case, register=args.register, sequences=info.channels,
+                     labels=getattr(args, "labels", None), lesion=info.lesion, model_classes=info.classes)
+
+
+def necessity_reference(args):
+    """``--necessity``: the reference that replaces an absent sequence, or None (``none``: not computed)."""
+    return None if args.necessity_reference == "none" else args.necessity_reference
 
 
 def patch_from_args(args):
@@ -112,10 +123,17 @@ def patch_from_args(args):
 
 
 def _print_shares(summary: dict):
+    need = summary.get("necessity")
+    if need:
+        print(f"  {'':10s} {'share':>6s}   Dice without it (all: {need['dice_full']:.3f})   Shapley value of Dice")
     for row in summary["sequences"]:
         spread = (f"  (95 % of resampled B: {row['relevance_p2.5']:+.3f} to {row['relevance_p97.5']:+.3f}; "
                   f"expected {row['relevance_expected']:+.3f})") if "relevance_expected" in row else ""
-        print(f"  {row['display_name']:10s} {row['relevance']:+.3f}{spread}")
+        needed = f"   {row['dice_without']:.3f}{'':24s}{row['shapley_dice']:+.3f}" if "shapley_dice" in row else ""
+        print(f"  {row['display_name']:10s} {row['relevance']:+.3f}{needed}{spread}")
+    warning = (summary.get("agreement") or {}).get("warning")
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -140,7 +158,8 @@ def run(args) -> int:
         else:
             summary = pipeline.analyze_case(case, args.out, net, args.preset, args.device, args.seed,
                                             args.background, args.max_voxels, patch, bar,
-                                            resamples=args.resamples)
+                                            resamples=args.resamples,
+                                            necessity_reference=necessity_reference(args))
     print(f"{case.name}: {summary['title']} ({args.preset}) -> {args.out}")
     _print_shares(summary)
     return 0
@@ -170,4 +189,4 @@ def run_demo(args) -> int:
 
 
 __all__ = ["add_arguments", "add_model_arguments", "add_sequence_relevance_arguments", "model_spec",
-           "patch_from_args", "run", "run_demo"]
+           "necessity_reference", "patch_from_args", "run", "run_demo"]

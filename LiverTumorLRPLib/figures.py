@@ -62,12 +62,24 @@ def _error_bars(values, interval):
 
 def bar_chart(shares: Sequence[float], path: str, title: str = "Sequence relevance",
               positive: Optional[Sequence[float]] = None, negative: Optional[Sequence[float]] = None,
-              names: Optional[Sequence[str]] = None, interval=None) -> str:
+              names: Optional[Sequence[str]] = None, interval=None, necessity=None) -> str:
     """Normalised relevance per sequence (sums to 1), optionally with positive/negative mass and, as error
-    bars, an interval ``(low, high)`` per sequence (e.g. 2.5/97.5 percentiles over resampled regions B)."""
+    bars, an interval ``(low, high)`` per sequence (e.g. 2.5/97.5 percentiles over resampled regions B).
+    ``necessity`` (``(dice_loss, shapley_dice)`` per sequence) adds a second panel: how much the segmentation
+    needs each sequence."""
     names = list(names or DISPLAY_NAMES)[: len(shares)]
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    if necessity is None:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    else:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.5, 3.6), dpi=100)
+        _necessity_panel(ax2, names, *necessity)
+    _relevance_panel(ax, np.asarray(shares, float), names, positive, negative, interval)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def _relevance_panel(ax, shares, names, positive, negative, interval) -> None:
     x = np.arange(len(shares))
     ax.bar(x, shares, color=[SEQUENCE_COLOURS[i % len(SEQUENCE_COLOURS)] for i in x], label="net share",
            yerr=None if interval is None else _error_bars(shares, interval), capsize=4,
@@ -81,12 +93,23 @@ def bar_chart(shares: Sequence[float], path: str, title: str = "Sequence relevan
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("normalised relevance")
-    ax.set_title(title)
     tops = shares if interval is None else np.maximum(shares, interval[1])  # above the error bar
     for xi, v, top in zip(x, shares, tops):
         ax.annotate(f"{v:.2f}", (xi, top if v >= 0 else v), ha="center", va="bottom" if v >= 0 else "top",
                     fontsize=8)
-    return save_figure(fig, path)
+
+
+def _necessity_panel(ax, names, dice_loss, shapley) -> None:
+    """Grouped bars per sequence: the Dice lost without it (all others kept) and its Shapley value of Dice."""
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, dice_loss, width=0.4, color="#999999", label="Dice lost without it")
+    ax.bar(x + 0.2, shapley, width=0.4, color=[SEQUENCE_COLOURS[i % len(SEQUENCE_COLOURS)] for i in x],
+           label="Shapley value of Dice")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("Dice")
+    ax.set_title("how much the segmentation needs each sequence")
+    ax.legend(fontsize=8, loc="best")
 
 
 def most_relevant_slices(maps: np.ndarray, k: int = 3) -> list[int]:
@@ -121,28 +144,42 @@ def overlay_slice(image: np.ndarray, maps: np.ndarray, z: int, path: str, tumor:
 
 
 def cohort_figure(names: Sequence[str], shares: np.ndarray, path: str,
-                  title: str = "Normalised relevance per sequence", low=None, high=None) -> str:
+                  title: str = "Normalised relevance per sequence", low=None, high=None, sequence_names=None,
+                  necessity=None) -> str:
     """The paper's Fig. 1: one colour per patient (dots joined by lines), the mean as black bars; with ``low``
     and ``high`` (cases x sequences, e.g. 2.5/97.5 percentiles over resampled regions B) each dot gets its
-    interval as an error bar."""
+    interval as an error bar.  ``necessity`` (cases x sequences: Shapley values of Dice) adds a second panel
+    drawn the same way."""
     plt = pyplot()
     shares = np.asarray(shares, float)
-    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
-    x = np.arange(shares.shape[1])
+    sequence_names = list(sequence_names or DISPLAY_NAMES)[: shares.shape[1]]
     colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(names), 2)))
-    ax.bar(x, shares.mean(axis=0), color="none", edgecolor="k", lw=1.2, label="mean", zorder=1)
-    for i, (name, row) in enumerate(zip(names, shares)):
+    if necessity is None:
+        fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
+    else:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13.0, 4.0), dpi=100)
+        _cohort_panel(ax2, names, np.asarray(necessity, float), sequence_names, colours)
+        ax2.set_ylabel("Shapley value of Dice")
+        ax2.set_title("how much the segmentation needs each sequence")
+    _cohort_panel(ax, names, shares, sequence_names, colours, low, high)
+    ax.set_ylabel("normalised relevance")
+    ax.set_title(title)
+    if len(names) <= 20:
+        (ax if necessity is None else ax2).legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return save_figure(fig, path)
+
+
+def _cohort_panel(ax, names, values, sequence_names, colours, low=None, high=None) -> None:
+    x = np.arange(values.shape[1])
+    ax.bar(x, values.mean(axis=0), color="none", edgecolor="k", lw=1.2, label="mean", zorder=1)
+    for i, (name, row) in enumerate(zip(names, values)):
         jitter = (i - (len(names) - 1) / 2) * 0.25 / max(len(names), 1)
         ax.plot(x + jitter, row, "o-", ms=4, lw=0.6, color=colours[i], label=name, zorder=2)
         if low is not None and high is not None:
             ax.errorbar(x + jitter, row, yerr=_error_bars(row, (low[i], high[i])), fmt="none", ecolor=colours[i],
                         elinewidth=0.8, capsize=2, zorder=2)
-    ax.set_xticks(x, DISPLAY_NAMES[: shares.shape[1]], rotation=20)
-    ax.set_ylabel("normalised relevance")
-    ax.set_title(title)
-    if len(names) <= 20:
-        ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
-    return save_figure(fig, path)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, sequence_names, rotation=20)
 
 
 def png_data_uri(path: str) -> str:

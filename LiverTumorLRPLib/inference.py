@@ -215,27 +215,31 @@ def check_image(image: np.ndarray, channels: int = 6) -> np.ndarray:
 def predict_logits(model, image: np.ndarray, device="auto", patch_size=None, overlap: Optional[float] = None,
                    progress=None, cancel=None) -> np.ndarray:
     """Blended class logits (K, D, H, W) of a normalised (C, D, H, W) stack on the network grid, averaged
-    over the model's test-time mirrors (``ModelInfo.mirrors``) in every window."""
+    over the model's test-time mirrors (``ModelInfo.mirrors``) in every window.  A batch of stacks
+    (N, C, D, H, W) runs through each window together and gives (N, K, D, H, W)."""
     info = model_info(model)
-    image = check_image(image, info.n_channels)
+    batched = np.ndim(image) == 5
+    images = [check_image(im, info.n_channels) for im in (image if batched else [image])]
     prog = as_progress(progress, cancel)
 
     def run(dev):
         net = model.to(dev).eval()
-        plan = plan_for(info, image.shape[1:], patch_size, overlap)
+        plan = plan_for(info, images[0].shape[1:], patch_size, overlap)
         p = next(net.parameters(), None)
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(p.dtype if p is not None else torch.float32)
+        xs = [torch.from_numpy(np.ascontiguousarray(im)).to(p.dtype if p is not None else torch.float32)
+              for im in images]
         out, mirrors = None, info.mirrors
         for i, win in enumerate(plan.windows):
             prog(i / len(plan.windows), f"segmenting patch {i + 1}/{len(plan.windows)}")
-            xw = plan.window_input(x, win)[None].to(dev)
+            xw = torch.stack([plan.window_input(x, win) for x in xs]).to(dev)
             y = sum(flip(net(flip(xw, dims)), dims) for dims in mirrors) / len(mirrors)
-            y = y[0].float().cpu().numpy()
+            y = y.float().cpu().numpy()
             if out is None:
-                out = np.zeros((y.shape[0],) + plan.padded, dtype=np.float32)
-            out[(slice(None),) + win.padded] += y * plan.normalised_weight(win)
+                out = np.zeros(y.shape[:2] + plan.padded, dtype=np.float32)
+            out[(slice(None), slice(None)) + win.padded] += y * plan.normalised_weight(win)
         prog(1.0, "segmentation done")
-        return plan.crop(out)
+        out = plan.crop(out)
+        return out if batched else out[0]
 
     return run_with_cpu_fallback(run, device)
 

@@ -17,6 +17,7 @@ import numpy as np
 from .analysis import (DEFAULT_RESAMPLES, Explanation, Prepared, Segmentation, explain_components, explain_region,
                        load, prepare, segment, sequence_relevance)
 from .case_io import write_image, write_json, write_text
+from .necessity import REFERENCE, Necessity
 from .progress import as_progress
 
 RESULT = "result.json"
@@ -54,6 +55,10 @@ def sequence_rows(e: Explanation) -> list:
         if key.startswith("relevance_") and values is not None:
             for c, row in enumerate(rows):
                 row[key] = float(values[c])
+    if e.necessity is not None:
+        for row in rows:
+            row["dice_without"] = e.necessity.dice_without[row["sequence"]]
+            row["shapley_dice"] = e.necessity.shapley_dice[row["sequence"]]
     return rows
 
 
@@ -75,16 +80,22 @@ def write_explanation_files(e: Explanation, p: Prepared, out: str, meta: dict,
     writer.writerows(rows)
     files["csv"] = write_text(buf.getvalue(), os.path.join(out, "sequence_relevance.csv"))
     spread = e.interval.get("relevance_p2.5")
+    need = None if e.necessity is None else (
+        [e.necessity.dice_full - e.necessity.dice_without[k] for k in e.channels],
+        [e.necessity.shapley_dice[k] for k in e.channels])
     files["bar_chart"] = bar_chart(e.shares, os.path.join(out, "sequence_relevance.png"),
                                    title=f"{case.name}: {e.title}", positive=e.positive, negative=e.negative,
                                    names=e.display_names,
-                                   interval=None if spread is None else (spread, e.interval["relevance_p97.5"]))
+                                   interval=None if spread is None else (spread, e.interval["relevance_p97.5"]),
+                                   necessity=need)
     display = case.raw if case.raw is not None else case.image
     files["overlays"] = [overlay_slice(display, e.maps, z, os.path.join(out, f"overlay_slice{z:03d}.png"), tumor,
                                        e.region, title=f"{case.name}, axial slice {z}: {e.title}",
                                        names=e.display_names)
                          for z in most_relevant_slices(e.maps, n_slices)]
     summary = {**meta, "case": case.name, "model_classes": list(p.info.classes), "sequences": rows, "files": files}
+    if e.necessity is not None:
+        summary.update(necessity=e.necessity.as_dict(), agreement=e.agreement)
     files["json"] = write_json(summary, os.path.join(out, "sequence_relevance.json"))
     return summary
 
@@ -104,11 +115,15 @@ def read_explanation_files(out: str) -> Explanation:
     rows = summary["sequences"]
     maps = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, f"relevance_{r['sequence']}.nii.gz")))
                      for r in rows]).astype(np.float32)
-    column = {k: np.array([r[k] for r in rows], dtype=float) for k in rows[0] if k not in ("sequence", "display_name")}
+    column = {k: np.array([r[k] for r in rows], dtype=float) for k in ("relevance", "positive", "negative")
+              if k in rows[0]}
+    column.update({k: np.array([r[k] for r in rows], dtype=float) for k in rows[0] if k.startswith("relevance_")})
     interval = {k: v for k, v in column.items() if k.startswith("relevance_")}
+    necessity = Necessity.from_dict(summary["necessity"]) if "necessity" in summary else None
     return Explanation(summary.get("title", ""), maps, column["relevance"], column["positive"], column["negative"],
                        tuple(r["sequence"] for r in rows), tuple(r["display_name"] for r in rows),
-                       {k: summary[k] for k in DETAILS if k in summary}, None, interval)
+                       {k: summary[k] for k in DETAILS if k in summary}, None, interval, necessity,
+                       summary.get("agreement"))
 
 
 def _meta(e: Explanation, seg_summary: dict, keys) -> dict:
@@ -121,21 +136,23 @@ def _meta(e: Explanation, seg_summary: dict, keys) -> dict:
 def analyze_case(case, out: str, model="bundled", preset="recommended", device="auto", seed: int = 0,
                  background: str = "random", max_voxels: Optional[int] = None, patch_size=None, progress=None,
                  cancel=None, finalize: bool = True, resamples: int = DEFAULT_RESAMPLES,
-                 max_components: int = 0) -> dict:
+                 max_components: int = 0, necessity_reference: Optional[str] = REFERENCE) -> dict:
     """Sec. 2.3 for one case: segmentation, ``M = M_B^0 + M_T^1`` per sequence, JSON/CSV, bar chart, overlays.
 
     Computed on the network grid (where Eq. 2 holds exactly); maps are written on the case grid.
     ``resamples``: draws of the random region B for the shares' spread and the exact expectation
     (:func:`.explain.sequence_relevance_interval`; 0: one draw only).  ``max_components``: also explain that
     many of the largest true-positive and false-negative label components (cases with a label).
-    ``finalize``: write ``result.json`` (the marker of a complete folder) at the end."""
+    ``necessity_reference``: what replaces a sequence for the Dice without it and the Shapley values of Dice
+    (:mod:`.necessity`; None: not computed).  ``finalize``: write ``result.json`` (the marker of a complete
+    folder) at the end."""
     t0 = time.time()
     prog = as_progress(progress, cancel)
     p = prepare(case, load(model))
     seg = segment(p, device, patch_size, prog.part(0.0, 0.2))
     seg_summary = write_segmentation_files(seg, out)
     e = sequence_relevance(p, preset, device, seed, background, max_voxels, resamples, patch_size,
-                           prog.part(0.2, 0.9 if max_components else 0.95))
+                           prog.part(0.2, 0.9 if max_components else 0.95), seg, necessity_reference)
     meta = _meta(e, seg_summary, ("tumor_voxels", "tumor_volume_ml", "network_grid", "network_spacing", "windows",
                                   "window_shape", "dice"))
     meta.update({k: v if k == "resamples" else [float(x) for x in v] if v is not None else None

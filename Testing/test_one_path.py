@@ -1,4 +1,5 @@
-"""One compute path: the same case through every front end gives the same segmentation, maps and shares.
+"""One compute path: the same case through every front end gives the same segmentation, maps, shares and
+Shapley values of Dice.
 
 Front ends: the command line (``liver-lrp analyze`` / ``explain``, files), the worker process the Slicer module
 starts (:class:`WorkerJob`, nodes), the in-process MRML tasks (nodes), and the web page's handlers (the real
@@ -6,6 +7,7 @@ starts (:class:`WorkerJob`, nodes), the in-process MRML tasks (nodes), and the w
 case whose spacing differs from the model's (so every path must resample to the model's grid and back), and a
 background/liver/tumor model (so every path must segment by the model's labels: tumor is class 2, not 1).
 """
+import os
 import sys
 
 import numpy as np
@@ -51,6 +53,9 @@ def setup(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("one_path")
     case = generate_case(spec["seed"], shape=spec["shape"], spacing=spec["spacing"])
     folder = write_case(case, str(root / "case"))
+    for name in os.listdir(folder):      # the scene has no label: neither has the folder (necessity's target
+        if name.startswith("label"):     # is then the prediction with every sequence, in every front end)
+            os.remove(os.path.join(folder, name))
     model = str(bundled_model_path()) if spec["model"] is None else three_class_model(case, root / "three.safetensors")
     return request.param, case, folder, model, root
 
@@ -84,6 +89,8 @@ def cli_results(folder, model, out):
             summary = json.load(fh)
         res[task] = (np.stack([read(out / task / f"relevance_{k}.nii.gz") for k in SEQUENCE_KEYS]),
                      np.array(summary["relevance"]), np.array([r["positive"] for r in summary["sequences"]]))
+        if task == "analyze":
+            res["necessity"] = np.array([summary["necessity"]["shapley_dice"][k] for k in SEQUENCE_KEYS])
     res["segment"] = read(out / "analyze" / "tumor_segmentation.nii.gz").astype(bool)
     return res
 
@@ -95,6 +102,10 @@ def node_results(seg, explained, analyzed, reference):
     for task, er in (("explain", explained), ("analyze", analyzed)):
         res[task] = (np.stack([sl.node_array(er.volumes[k]) for k in SEQUENCE_KEYS]), np.asarray(er.shares),
                      np.asarray(er.positive))
+    res["necessity"] = np.array([analyzed.details["necessity"]["shapley_dice"][k] for k in SEQUENCE_KEYS])
+    table = analyzed.table.GetTable()
+    column = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())].index("Shapley Dice")
+    np.testing.assert_allclose([table.GetValue(r, column).ToDouble() for r in range(6)], res["necessity"])
     return res
 
 
@@ -106,6 +117,8 @@ def assert_same(got, want, where):
         np.testing.assert_allclose(maps, maps0, rtol=1e-4, atol=1e-5 * scale, err_msg=f"{where}: {task} maps")
         np.testing.assert_allclose(shares, shares0, atol=1e-5, err_msg=f"{where}: {task} shares")
         np.testing.assert_allclose(positive, positive0, atol=1e-5, err_msg=f"{where}: {task} positive mass")
+    np.testing.assert_allclose(got["necessity"], want["necessity"], atol=1e-9,
+                               err_msg=f"{where}: Shapley values of Dice")
 
 
 class WebHarness:

@@ -191,19 +191,27 @@ def write_explanation(e: "Explanation", inputs: Inputs, name: str, scene=None) -
         interval = {"p2.5": e.interval.get("relevance_p2.5"), "p97.5": e.interval.get("relevance_p97.5"),
                     "expected": e.interval.get("relevance_expected")}
     details = {k: v for k, v in e.details.items() if k not in ("analysis", "lesion_class")}
+    necessity = None
+    if e.necessity is not None:       # the necessity columns first, then the spread over B
+        necessity = [e.necessity.shapley_dice[k] for k in e.channels]
+        interval = {"Dice without": [e.necessity.dice_without[k] for k in e.channels], "Shapley Dice": necessity,
+                    **(interval or {})}
+        details.update(necessity=e.necessity.as_dict(), agreement=e.agreement)
     return write_relevance(e.maps, inputs, name, e.shares, details, scene, interval, positive=e.positive,
-                           negative=e.negative, channels=e.channels, display_names=e.display_names)
+                           negative=e.negative, channels=e.channels, display_names=e.display_names,
+                           necessity=necessity)
 
 
 def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, details=None, scene=None,
                     interval=None, *, positive=None, negative=None, channels=SEQUENCE_KEYS,
-                    display_names=DISPLAY_NAMES) -> ExplanationResult:
+                    display_names=DISPLAY_NAMES, necessity=None) -> ExplanationResult:
     """Relevance volumes (one per sequence), table, bar chart, grouped in a subject-hierarchy folder named ``name``.
 
     ``shares``, ``positive``, ``negative``: as computed (on the network grid); what is missing is computed from
     ``maps`` (:func:`~LiverTumorLRPLib.shares.shares_of`).  ``interval``: extra table columns per sequence, e.g.
     ``{"p2.5": low, "p97.5": high, "expected": e}`` (the spread of Sec. 2.3's shares over resampled regions B
-    and their exact expectation)."""
+    and their exact expectation).  ``necessity``: the Shapley values of Dice per sequence, a second group of bars
+    in the chart beside the shares."""
     from ..shares import shares_of
 
     scene = current_scene(scene if scene is not None else inputs.reference.GetScene())
@@ -220,7 +228,7 @@ def write_relevance(maps: np.ndarray, inputs: Inputs, name: str, shares=None, de
     columns = {"relevance": shares, "positive": positive, "negative": negative, **extra}
     table = _relevance_table(scene, f"{name} table", display_names, columns)
     _sh_place(sh, folder, table)
-    chart, series = _relevance_chart(scene, name, display_names, shares, sh, folder)
+    chart, series = _relevance_chart(scene, name, display_names, shares, sh, folder, necessity)
     most = channels[int(np.argmax(shares))]
     _show(volumes[most], inputs.nodes.get(most, inputs.reference), chart, scene)
     return ExplanationResult(name, folder, volumes, table, chart, series, shares, positive, negative, most,
@@ -266,8 +274,9 @@ def _relevance_table(scene, name, display_names, columns: dict):
     return table
 
 
-def _relevance_chart(scene, name, display_names, shares, sh, folder):
-    """Bar chart: one series per sequence (the legend names them), from a one-row table."""
+def _relevance_chart(scene, name, display_names, shares, sh, folder, necessity=None):
+    """Bar chart: one series per sequence (the legend names them); a group of bars for the shares and, given
+    ``necessity``, a second group for the Shapley values of Dice (one table row per group)."""
     plot_table = tag_output(scene.AddNewNodeByClass("vtkMRMLTableNode", unique_name(scene, f"{name} plot data")),
                             "plot")
     pt = plot_table.GetTable()
@@ -275,13 +284,16 @@ def _relevance_chart(scene, name, display_names, shares, sh, folder):
         c = vtk.vtkDoubleArray()
         c.SetName(disp_name)
         pt.AddColumn(c)
-    pt.SetNumberOfRows(1)
-    for c, value in enumerate(shares):
-        pt.SetValue(0, c, vtk.vtkVariant(float(value)))
+    groups = [shares] if necessity is None else [shares, necessity]
+    pt.SetNumberOfRows(len(groups))
+    for r, values in enumerate(groups):
+        for c, value in enumerate(values):
+            pt.SetValue(r, c, vtk.vtkVariant(float(value)))
     pt.Modified()
     _sh_place(sh, folder, plot_table)
     chart = tag_output(scene.AddNewNodeByClass("vtkMRMLPlotChartNode", unique_name(scene, f"{name} chart")), "chart")
-    chart.SetTitle(f"{name}: relevance share per sequence")
+    chart.SetTitle(f"{name}: relevance share per sequence" if necessity is None else
+                   f"{name}: relevance share (left) and Shapley value of Dice (right) per sequence")
     chart.SetYAxisTitle("share of relevance")
     chart.SetXAxisTitle("")
     chart.SetLegendVisibility(True)
@@ -319,9 +331,16 @@ def _show(relevance_node, background_node, chart, scene) -> None:
 
 
 def summary(result: ExplanationResult) -> str:
-    """One line per sequence: share, positive and negative mass."""
+    """One line per sequence: share, positive and negative mass (and, when computed, the Dice without it and its
+    Shapley value of Dice); then the warning when the relevance ranking disagrees with what the model needs."""
+    need = result.details.get("necessity")
     lines = [f"{result.name}:"]
-    for d, s, p, n in zip(result.display_names, result.shares, result.positive, result.negative):
-        lines.append(f"  {d:<10} {s:7.3f}  (+{p:.3f} / {n:.3f})")
+    for key, d, s, p, n in zip(result.volumes, result.display_names, result.shares, result.positive,
+                               result.negative):
+        needed = (f"   Dice without it {need['dice_without'][key]:.3f}, Shapley value of Dice "
+                  f"{need['shapley_dice'][key]:+.3f}") if need else ""
+        lines.append(f"  {d:<10} {s:7.3f}  (+{p:.3f} / {n:.3f}){needed}")
+    warning = (result.details.get("agreement") or {}).get("warning")
+    if warning:
+        lines.append(f"WARNING: {warning}")
     return "\n".join(lines)
-

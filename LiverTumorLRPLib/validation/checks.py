@@ -14,17 +14,16 @@
 from __future__ import annotations
 
 import copy
-import math
-from itertools import combinations
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..explain import region_relevance, relevance, sequence_relevance
 from ..lrp import LINEAR_TYPES
 from ..lrp.presets import DEFAULT_PRESET
+from ..necessity import all_subsets, reference_image, with_only
+from ..necessity import shapley_values as shapley_from_values
 from ..sequences import SEQUENCE_KEYS
 from .cases import ValidationCase, logits, target
 from .statistics import rate, spearman
@@ -56,15 +55,9 @@ def lrp_of_target(model, case: ValidationCase, preset, device="cpu") -> np.ndarr
 
 # ---- ablation and Shapley values -----------------------------------------------------------------------------
 def baseline_image(image: np.ndarray, kind: str = "zero") -> np.ndarray:
-    """What replaces an absent sequence: ``zero`` (its normalised foreground mean), ``mean`` (its volume
-    mean) or ``blur`` (Gaussian, sigma 3 voxels: anatomy without lesion detail)."""
-    if kind == "zero":
-        return np.zeros_like(image)
-    if kind == "mean":
-        return np.broadcast_to(image.mean(axis=(1, 2, 3), keepdims=True), image.shape).astype(image.dtype)
-    if kind == "blur":
-        return np.stack([ndimage.gaussian_filter(c, 3.0) for c in image]).astype(image.dtype)
-    raise ValueError(f"unknown baseline {kind!r}; use 'zero', 'mean' or 'blur'")
+    """What replaces an absent sequence (:func:`..necessity.reference_image`): ``zero`` (its normalised foreground
+    mean), ``mean`` (its volume mean) or ``blur`` (Gaussian, sigma 3 voxels: anatomy without lesion detail)."""
+    return reference_image(image, kind)
 
 
 def _subset_values(model, case: ValidationCase, subsets, baseline: str, device, batch: int = 4) -> np.ndarray:
@@ -72,8 +65,7 @@ def _subset_values(model, case: ValidationCase, subsets, baseline: str, device, 
     base = baseline_image(case.image, baseline)
     values = []
     for i in range(0, len(subsets), batch):
-        xs = np.stack([np.where(np.isin(np.arange(len(case.image)), list(s))[:, None, None, None], case.image, base)
-                       for s in subsets[i:i + batch]])
+        xs = np.stack([with_only(case.image, base, s) for s in subsets[i:i + batch]])
         values.extend(target(logits(model, xs, device), case).tolist())
     return np.array(values)
 
@@ -84,15 +76,8 @@ def shapley_values(model, case: ValidationCase, baseline: str = "zero", device="
     ``phi_i = sum_{S without i} |S|! (C - |S| - 1)! / C! * (f(S + i) - f(S))``; they sum to f(all) - f(none).
     """
     C = case.image.shape[0]
-    subsets = [frozenset(s) for r in range(C + 1) for s in combinations(range(C), r)]
-    v = dict(zip(subsets, _subset_values(model, case, subsets, baseline, device)))
-    phi = np.zeros(C)
-    for s in subsets:
-        for i in range(C):
-            if i not in s:
-                w = math.factorial(len(s)) * math.factorial(C - len(s) - 1) / math.factorial(C)
-                phi[i] += w * (v[s | {i}] - v[s])
-    return phi
+    subsets = all_subsets(C)
+    return shapley_from_values(dict(zip(subsets, _subset_values(model, case, subsets, baseline, device))), C)
 
 
 def sequence_ablation(model, case: ValidationCase, baseline: str = "zero", device="cpu") -> np.ndarray:

@@ -6,6 +6,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from ..necessity import spearman as necessity_spearman
+
 
 def wilson_interval(hits: int, n: int, z: float = 1.959963984540054) -> list:
     """95 % Wilson score interval ``[low, high]`` of a rate ``hits / n`` (``[nan, nan]`` when ``n = 0``)."""
@@ -45,8 +47,6 @@ def median_with_interval(values) -> dict:
 
 
 def spearman(a, b) -> float:
-    """Spearman rank correlation (0 when either input is constant)."""
-    a, b = np.ravel(a), np.ravel(b)
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    return float(stats.spearmanr(a, b)[0])
+    """Spearman rank correlation (0 when either input is constant; :func:`..necessity.spearman`)."""
+    rho = necessity_spearman(a, b)
+    return 0.0 if rho is None else rho

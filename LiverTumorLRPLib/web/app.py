@@ -100,7 +100,7 @@ class WebApp:
             "region": REGIONS[0], "regions": list(REGIONS), "cls": "tumor", "classes": list(CLASS_NAMES),
             "preset": DEFAULT_PRESET, "presets": list(PRESETS), "point": "", "drawing": False,
             "busy": False, "job_name": "", "jobs_finished": 0, "actions": 0, "progress": 0, "log": "", "error": "",
-            "info": "",
+            "info": "", "warning": "", "necessity": False,
             "shares": [], "share_max": 1.0, "shown": "", "result_name": "", "show_seq": REFERENCE_KEY,
             "sequence_items": [{"title": d, "value": k} for k, d in zip(SEQUENCE_KEYS, DISPLAY_NAMES)],
             "legend": {"min": -1.0, "max": 1.0, "gradient": self._gradient()}, "downloads": [],
@@ -270,10 +270,18 @@ class WebApp:
         self._remove_result()
         self.result = er
         colors = dict(zip(SEQUENCE_KEYS, sl.SERIES_COLORS))
+        need = er.details.get("necessity") or {}
         self.state.shares = [{"key": k, "name": d, "share": float(s), "positive": float(p), "negative": float(n),
-                              "color": _hex(colors[k])}
+                              "color": _hex(colors[k]),
+                              "dice_without": need["dice_without"][k] if need else None,
+                              "shapley_dice": need["shapley_dice"][k] if need else None}
                              for k, d, s, p, n in zip(SEQUENCE_KEYS, DISPLAY_NAMES, er.shares, er.positive,
                                                       er.negative)]
+        self.state.necessity = bool(need)
+        warning = (er.details.get("agreement") or {}).get("warning")
+        self.state.warning = f"Warning: {warning}" if warning else ""
+        if warning:
+            self.jobs.log(f"warning: {warning}")
         self.state.share_max = float(max(abs(float(s)) for s in er.shares)) or 1.0
         m = float(er.volumes[er.most_relevant].GetDisplayNode().GetWindowLevelMax())
         self.state.legend = {"min": -m, "max": m, "gradient": self._gradient()}

@@ -4,8 +4,8 @@ Stable element ids for automation: ``load-phantom``, ``load-case``, ``case-dir``
 ``device``, ``segment``, ``explain``, ``region``, ``class``, ``preset``, ``place-point``, ``draw-segment``,
 ``sequence-relevance``, ``cancel``, ``progress`` (``data-value``: percent), ``log``, ``error`` (the banner),
 ``status`` (``data-actions``: buttons handled, ``data-finished``: jobs
-finished), ``info``, ``show-sequence``, ``legend``, ``shares`` (one row per sequence, ``data-share`` on its row),
-``downloads``.
+finished), ``info``, ``warning`` (relevance and necessity disagree), ``show-sequence``, ``legend``, ``shares``
+(one row per sequence, ``data-share`` on its row; cells ``dice-without`` and ``shapley-dice``), ``downloads``.
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def build_page(app) -> VAppLayout:
         with v3.VMain():
             with html.Div(classes="pa-2"):
                 v3.VAlert("{{ error }}", id="error", v_show=("error",), type="error", density="compact",
+                          closable=False, classes="mb-2")
+                v3.VAlert("{{ warning }}", id="warning", v_show=("warning",), type="warning", density="compact",
                           closable=False, classes="mb-2")
                 html.Div("{{ info }}", id="info", classes="text-body-2 mb-1")
                 with html.Div(style="height: 420px; position: relative;"):
@@ -129,6 +131,8 @@ def _shares_table() -> None:
             with html.Tr():
                 for head in ("sequence", "", "share", "positive", "negative"):
                     html.Th(head)
+                html.Th("Dice without it", v_show=("necessity",))
+                html.Th("Shapley value of Dice", v_show=("necessity",))
             with html.Tr(v_for="row in shares", key="row.key", classes="share-row",
                          __properties=[("data_share", "data-share"), ("data_key", "data-key")],
                          data_share=("row.share",), data_key=("row.key",)):
@@ -140,3 +144,7 @@ def _shares_table() -> None:
                 html.Td("{{ row.share.toFixed(4) }}", classes="share-value")
                 html.Td("{{ row.positive.toFixed(4) }}")
                 html.Td("{{ row.negative.toFixed(4) }}")
+                html.Td("{{ necessity ? row.dice_without.toFixed(3) : '' }}", v_show=("necessity",),
+                        classes="dice-without")
+                html.Td("{{ necessity ? row.shapley_dice.toFixed(3) : '' }}", v_show=("necessity",),
+                        classes="shapley-dice")
