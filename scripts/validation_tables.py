@@ -2,7 +2,7 @@
 
 Runs of different checks on the same cases (e.g. the bundled-model Shapley check, its randomisation and AOPC
 checks, the known-truth presets and the known-truth Shapley values, each run apart) are merged with
-``validate.merge_results`` and summarised once; every rate has its 95 % Wilson interval, every median its
+``validation.merge_results`` and summarised once; every rate has its 95 % Wilson interval, every median its
 distribution-free 95 % interval, the AOPC difference its paired t-interval.
 
     .venv/bin/python scripts/validation_tables.py OUT_A/validation.json [OUT_B/validation.json ...]

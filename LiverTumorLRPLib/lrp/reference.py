@@ -20,7 +20,7 @@ otherwise completeness holds with respect to ``y~(x_ref)`` (reported by :meth:`R
 
 References (``reference=``): ``"blur"`` (default; Gaussian, ``sigma`` voxels, or ``sigma_mm`` millimetres at the
 network's spacing from :func:`LiverTumorLRPLib.model_info.model_info`; computed per patch, like
-``validate.baseline_image``'s blurred baseline), ``"mean"`` (each sequence's normalised foreground mean, i.e. 0
+``necessity.reference_image``'s blurred baseline), ``"mean"`` (each sequence's normalised foreground mean, i.e. 0
 after :mod:`LiverTumorLRPLib.intensity`'s z-scoring), or per-sequence values (e.g. :func:`liver_means`: each
 sequence's liver-parenchyma mean).  Presets: ``reference-blur`` and ``reference-mean``, registered on import.
 """
