@@ -35,15 +35,15 @@ def load(model):
     return model if hasattr(model, "forward") else load_model(model, device="cpu")
 
 
-def as_case(case, net=None) -> Case:
+def as_case(case, net=None, labels: Optional[str] = None) -> Case:
     """``case`` itself, or the case (a folder, or an nnU-Net dataset's case) read with the model's channels, its
-    label taken as the model's lesion class."""
+    label taken as the model's lesion class (``labels``: a folder of nnU-Net label files to take it from)."""
     if isinstance(case, Case):
         return case
     if net is None:
-        return read_case(case)
+        return read_case(case, labels=labels)
     info = model_info(net)
-    return read_case(case, sequences=info.channels, lesion=info.lesion, model_classes=info.classes)
+    return read_case(case, sequences=info.channels, labels=labels, lesion=info.lesion, model_classes=info.classes)
 
 
 @dataclass

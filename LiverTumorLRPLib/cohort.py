@@ -26,10 +26,10 @@ from typing import Optional
 
 import numpy as np
 
-from .analysis import DEFAULT_RESAMPLES
+from .analysis import DEFAULT_RESAMPLES, as_case
 from .case_io import find_cases, write_json, write_text
-from .commands import (add_model_arguments, add_sequence_relevance_arguments, model_spec, necessity_reference,
-                       patch_from_args)
+from .commands import (add_labels_argument, add_model_arguments, add_sequence_relevance_arguments, model_spec,
+                       necessity_reference, patch_from_args)
 from .models import cached_model
 from .necessity import REFERENCE
 from .progress import one_line
@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--out", required=True, help="output folder")
     add_model_arguments(p)
     add_sequence_relevance_arguments(p)
+    add_labels_argument(p)
     p.add_argument("--workers", type=int, default=None,
                    help="N > 1: cases run in parallel on a Dask LocalCluster of N processes on 127.0.0.1 (capped by "
                         "cores and memory); 1 (default): one after another in this process")
@@ -92,7 +93,7 @@ def _remove_temporaries(out: str) -> None:
 
 def run_case(case_dir: str, out: str, model, preset, device, seed, background, max_voxels, patch_size,
              max_components: int, resamples: int = DEFAULT_RESAMPLES, necessity_reference: Optional[str] = REFERENCE,
-             threads: Optional[int] = None) -> dict:
+             labels: Optional[str] = None, threads: Optional[int] = None) -> dict:
     """One case of a cohort (:func:`pipeline.analyze_case` with its label components); writes ``result.json``
     last.  Raises on a bad case."""
     import torch
@@ -103,7 +104,8 @@ def run_case(case_dir: str, out: str, model, preset, device, seed, background, m
     if threads:
         torch.set_num_threads(threads)
     net = cached_model(model)
-    summary = pipeline.analyze_case(case_dir, out, net, preset, device, seed, background, max_voxels, patch_size,
+    case = as_case(case_dir, net, labels)
+    summary = pipeline.analyze_case(case, out, net, preset, device, seed, background, max_voxels, patch_size,
                                     finalize=False, max_components=max_components, resamples=resamples,
                                     necessity_reference=necessity_reference)
     write_json(summary, os.path.join(out, RESULT))
@@ -126,7 +128,8 @@ def case_names(root: str, cases: list[str]) -> list[str]:
 def run_cohort(root: str, out: str, model="bundled", preset="recommended", device="auto", workers: int = 1,
                seed: int = 0, background: str = "random", max_voxels=None, patch_size=None, max_components: int = 3,
                memory_per_case: float = 3.0, progress=None, scheduler: Optional[str] = None,
-               resamples: int = DEFAULT_RESAMPLES, necessity_reference: Optional[str] = REFERENCE) -> dict:
+               resamples: int = DEFAULT_RESAMPLES, necessity_reference: Optional[str] = REFERENCE,
+               labels: Optional[str] = None) -> dict:
     """Run every case under ``root``; returns ``{"results": {name: summary}, "failures": {name: reason}, ...}``.
 
     ``workers > 1`` runs the cases on a Dask LocalCluster, ``scheduler`` on an existing Dask cluster
@@ -152,7 +155,7 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
         else:
             todo.append((name, case_dir))
     args = (model, preset, device, seed, background, max_voxels, patch_size, max_components, resamples,
-            necessity_reference)
+            necessity_reference, labels)
     if progress:
         progress(len(results), len(cases), None, None)
 
@@ -393,7 +396,7 @@ def run(args) -> int:
         res = run_cohort(args.root, args.out, model_spec(args), args.preset, args.device, args.workers, args.seed,
                          args.background, args.max_voxels, patch_from_args(args), args.max_components,
                          args.memory_per_case, progress, args.scheduler, args.resamples,
-                         necessity_reference(args))
+                         necessity_reference(args), args.labels)
     finally:
         bar.close()
     print(f"{len(res['results'])} done, {len(res['failures'])} failed ({res['skipped']} already finished), "

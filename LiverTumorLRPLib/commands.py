@@ -36,6 +36,13 @@ def _common(p: argparse.ArgumentParser, case: bool = True):
     p.add_argument("--out", required=True, help="output folder")
     add_model_arguments(p)
     p.add_argument("--register", action="store_true", help="register every sequence to T1 15 min first")
+    add_labels_argument(p)
+
+
+def add_labels_argument(p: argparse.ArgumentParser):
+    p.add_argument("--labels", default=None, metavar="DIR",
+                   help="nnU-Net datasets: the folder of label files (CASE.nii.gz; default: the labelsTs/labelsTr "
+                        "folder beside the images)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser):
@@ -106,8 +113,8 @@ def _read(args, net):
     from .model_info import model_info
 
     info = model_info(net)
-    return read_case(args.case, register=args.register, sequences=info.channels,
-                     labels=getattr(args, "labels", None), lesion=info.lesion, model_classes=info.classes)
+    return read_case(args.case, register=args.register, sequences=info.channels, labels=args.labels,
+                     lesion=info.lesion, model_classes=info.classes)
 
 
 def necessity_reference(args):
@@ -188,5 +195,5 @@ def run_demo(args) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "add_model_arguments", "add_sequence_relevance_arguments", "model_spec",
+__all__ = ["add_arguments", "add_labels_argument", "add_model_arguments", "add_sequence_relevance_arguments", "model_spec",
            "necessity_reference", "patch_from_args", "run", "run_demo"]

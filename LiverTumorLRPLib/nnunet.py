@@ -208,7 +208,9 @@ def _channels(dataset_json: dict, dataset_file) -> tuple:
         ordered = [str(names[k]) for k in sorted(names, key=int)]
     except ValueError:
         raise ValueError(f"{dataset_file}: channel_names keys must be 0, 1, ...") from None
-    return tuple(guess_sequence(n) or n for n in ordered)
+    guessed = [guess_sequence(n) or n for n in ordered]
+    # our sequence keys where the names say so unambiguously (BraTS' T2w and T2f would both read as T2)
+    return tuple(g if guessed.count(g) == 1 else n for g, n in zip(guessed, ordered))
 
 
 def _strides(configuration_manager) -> tuple:

@@ -236,3 +236,14 @@ def test_label_on_grid_multiclass_only_when_asked(data):
     with warnings.catch_warnings():
         warnings.simplefilter("error", GeometryWarning)
         assert label_on_grid(lab, ref, "l.nii.gz", lesion=(1, 2)).sum() == (multiclass(cases["a"]) > 0).sum()
+
+
+def test_nnunet_model_channel_names_stay_apart_when_the_guesser_would_merge_them():
+    from LiverTumorLRPLib.nnunet import _channels
+
+    assert _channels({"channel_names": {"0": "T1n", "1": "T1c", "2": "T2w", "3": "T2f"}}, "d.json") == \
+        ("T1n", "T1c", "T2w", "T2f")
+    liver = {str(i): n for i, n in enumerate(["T2", "T1 plain", "arterial", "portal venous", "transitional",
+                                              "hepatobiliary"])}
+    assert _channels({"channel_names": liver}, "d.json") == ("T2", "T1_plain", "T1_20s", "T1_60s", "T1_120s",
+                                                             "T1_15min")
