@@ -29,12 +29,9 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from LiverTumorLRPLib.explain import region_relevance  # noqa: E402
-from LiverTumorLRPLib.lrp import LRP  # noqa: E402
-from LiverTumorLRPLib.models import load_model  # noqa: E402
+from LiverTumorLRPLib.explain import region_relevance
+from LiverTumorLRPLib.lrp import LRP
+from LiverTumorLRPLib.models import load_model
 
 REAL, SMALL = (48, 128, 128), (16, 32, 32)
 REGION = (8, 16, 16)  # 2,048 voxels
@@ -125,7 +122,7 @@ def make_row(name, model, x, small):
         image = x[0].numpy()
         region = np.zeros(image.shape[1:], bool)
         region[tuple(slice(n // 2 - r // 2, n // 2 - r // 2 + r) for n, r in zip(image.shape[1:], REGION))] = True
-        return lambda: region_relevance(lrp, image, region, 1, device="cpu")
+        return lambda: region_relevance(lrp, image, region, cls=1, device="cpu")
     raise KeyError(name)
 
 

@@ -28,7 +28,7 @@ def main():
     net = load_model("bundled").eval()
     image, _ = case_arrays(args.seed, tuple(args.shape), (4.0, 3.0, 3.0))
     t0 = time.perf_counter()
-    iv = sequence_relevance_interval(net, image, args.resamples, preset=args.preset, device="cpu")
+    iv = sequence_relevance_interval(net, image, resamples=args.resamples, preset=args.preset, device="cpu")
     t_iv = time.perf_counter() - t0
     print(f"{args.resamples} draws + expectation: {t_iv:.1f} s; |T| = |B| = {iv.n_tumor}, "
           f"{iv.n_predicted_tumor} predicted tumor voxels")
