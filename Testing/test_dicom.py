@@ -170,6 +170,62 @@ def test_other_vendor_wording_without_bolus_time_or_temporal_positions(phantom, 
     assert "T2-weighted ('ssfse')" in m["T2"]["why"]
 
 
+def test_dynamic_written_as_a_series_per_phase_without_contrast_tags(phantom, tmp_path):
+    """Siemens-like: each dynamic phase its own series of the same protocol, no ContrastBolusAgent or bolus
+    time: the first is the mask, the others are timed from the first post-contrast phase."""
+    _, study = phantom
+    dynamic = study.series["T1_20s"].split(":")[0]
+    uids = {p: pydicom.uid.generate_uid() for p in (1, 2, 3, 4)}
+
+    def per_phase(ds):
+        if ds.Modality != "MR":
+            return False
+        if ds.SeriesInstanceUID == dynamic:
+            position = int(ds.TemporalPositionIdentifier)
+            ds.SeriesInstanceUID, ds.SeriesNumber = uids[position], 10 + position
+        for keyword in ("ContrastBolusAgent", "ContrastBolusStartTime", "TemporalPositionIdentifier",
+                        "NumberOfTemporalPositions"):
+            if keyword in ds:
+                delattr(ds, keyword)
+    folder = copy_study(study.folder, str(tmp_path / "siemens"), per_phase)
+    images, _, mapping = read_dicom_study(folder)
+    m = by_key(mapping)
+    assert [m[k]["series_uid"] for k in SEQUENCE_KEYS[1:5]] == [uids[p] for p in (1, 2, 3, 4)]
+    assert [m[k]["time_after_contrast_s"] for k in SEQUENCE_KEYS[2:]] == [20.0, 60.0, 120.0, 900.0]
+    assert "first phase of a dynamic series" in m["T1_plain"]["why"]
+    for key in SEQUENCE_KEYS:
+        assert np.array_equal(sitk.GetArrayFromImage(images[key]), study.images[key]), key
+
+
+def test_two_studies_in_one_folder_a_missing_slice_and_a_corrupt_file(phantom, tmp_path):
+    from LiverTumorLRPLib.dicom import dicom_studies
+
+    case, study = phantom
+    other = write_phantom_study(generate_case(4, shape=(6, 32, 32), spacing=SPACING), str(tmp_path / "b" / "other"))
+    copy_study(study.folder, str(tmp_path / "b" / "first"))
+    studies = dicom_studies(str(tmp_path / "b"))
+    assert len(studies) == 2 and {s["folder"] for s in studies.values()} == {str(tmp_path / "b" / "first"),
+                                                                            os.path.join(other.folder, "DICOM")}
+    with pytest.raises(ValueError, match=r"2 studies in one folder .*name one"):
+        read_dicom_study(str(tmp_path / "b"))
+    uid = next(u for u, s in studies.items() if s["folder"].endswith("first"))
+    images, _, _ = read_dicom_study(str(tmp_path / "b"), study_uid=uid)
+    assert same_grid(images["T2"], case.reference())
+    t2 = study.series["T2"]
+    gap = copy_study(study.folder, str(tmp_path / "gap"),
+                     lambda ds: not (ds.SeriesInstanceUID == t2 and int(ds.InstanceNumber) == 5))
+    with pytest.raises(ValueError, match=rf"series {t2} 't2_haste_tra_mbh': missing slices or uneven slice spacing"):
+        read_dicom_study(gap)
+    hbp = study.series["T1_15min"]
+    corrupt = copy_study(study.folder, str(tmp_path / "corrupt"))
+    victim = next(os.path.join(corrupt, n) for n in sorted(os.listdir(corrupt))
+                  if pydicom.dcmread(os.path.join(corrupt, n), stop_before_pixels=True).SeriesInstanceUID == hbp)
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[:-500])                  # pixel data cut short
+    with pytest.raises(ValueError, match=rf"series {hbp} 't1_vibe_fs_tra_15min': cannot be read \("):
+        read_dicom_study(corrupt)
+
+
 @pytest.mark.parametrize("text,key", [
     ("Ax LAVA arteriell", "T1_20s"), ("fase portale venosa", "T1_60s"), ("phase tardive", "T1_120s"),
     ("t1_vibe_spät", "T1_120s"), ("hepatobiliär 20 min", "T1_15min"), ("Leberspezifische Phase", "T1_15min"),

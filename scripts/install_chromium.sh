@@ -8,8 +8,4 @@ for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
-command -v apt-get >/dev/null || { echo "apt-get not found; install ${missing[*]} by hand" >&2; exit 1; }
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-echo "installing ${missing[*]} (apt-get)" >&2
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+exec bash "$(dirname "$0")/apt_install.sh" "${missing[@]}"

@@ -21,3 +21,4 @@ if ! .venv/bin/python -c "import LiverTumorLRPLib, zennit, monai, SimpleITK, saf
   touch .venv/.installed
 fi
 bash scripts/install_chromium.sh || echo "warning: chromium not installed; the web page tests (Testing/test_web.py) will skip" >&2
+bash scripts/install_orthanc.sh || echo "warning: Orthanc not installed; the PACS tests (Testing/test_dicom.py) install it themselves or skip" >&2

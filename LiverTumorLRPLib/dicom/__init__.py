@@ -18,7 +18,7 @@ import importlib
 from .files import dicom_files, is_dicom_file, is_dicom_study
 
 _LAZY = {
-    "read_dicom_study": "study", "read_phase": "study", "source_datasets": "study",
+    "read_dicom_study": "study", "dicom_studies": "headers", "read_phase": "study", "source_datasets": "study",
     "sequences_record": "study", "write_sequences_json": "study", "describe_mapping": "study",
     "write_phantom_study": "phantom", "write_phantom_studies": "phantom", "PhantomStudy": "phantom",
     "write_dicom_outputs": "write", "read_dicom_volume": "write", "store": "write",

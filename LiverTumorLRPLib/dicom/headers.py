@@ -27,7 +27,6 @@ class Phase:
     files: list                       # sorted along the slice normal
     headers: list                     # pydicom datasets (no pixels), same order
     declared_phases: int = 0          # NumberOfTemporalPositions, 0 when absent
-    lowest: int = 1                   # number of the series' first phase
     problems: list = field(default_factory=list)
 
     @property
@@ -151,8 +150,13 @@ def read_headers(folder: str) -> "tuple[list, list]":
     found, unreadable = [], []
     for path in dicom_files(folder):
         try:
-            found.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ok = bool(ds.get("SeriesInstanceUID")) and bool(ds.get("SOPInstanceUID"))
         except Exception:  # noqa: BLE001 - pydicom raises many kinds for a corrupt file
+            ok = False
+        if ok:
+            found.append((path, ds))
+        else:
             unreadable.append(path)
     return found, unreadable
 
@@ -216,7 +220,7 @@ def split_phases(series: Series) -> list:
     phases = []
     for number, indices in groups:
         phase = Phase(series.uid, number, len(groups), [series.files[i] for i in indices],
-                      [series.headers[i] for i in indices], declared, groups[0][0])
+                      [series.headers[i] for i in indices], declared)
         order = np.argsort(phase.positions(), kind="stable")
         phase.files = [phase.files[i] for i in order]
         phase.headers = [phase.headers[i] for i in order]
@@ -238,3 +242,26 @@ def scan_study(folder: str) -> "tuple[list, list]":
     for s in series:
         s.phases = split_phases(s)
     return series, unreadable
+
+
+def dicom_studies(folder: str) -> dict:
+    """StudyInstanceUID -> {"folder": the deepest folder holding all its files, "description", "date",
+    "series": count, "files": count} of every study under ``folder`` (a cohort of studies, or one)."""
+    import os
+
+    found = {}
+    for path in dicom_files(folder):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+                "StudyInstanceUID", "StudyDescription", "StudyDate", "SeriesInstanceUID"])
+        except Exception:  # noqa: BLE001 - a corrupt file belongs to no study
+            continue
+        uid = str(ds.get("StudyInstanceUID", "") or "")
+        if not uid:
+            continue
+        entry = found.setdefault(uid, {"paths": [], "series": set(), "description": str(ds.get("StudyDescription", "")),
+                                       "date": str(ds.get("StudyDate", ""))})
+        entry["paths"].append(os.path.dirname(os.path.abspath(path)))
+        entry["series"].add(str(ds.get("SeriesInstanceUID", "")))
+    return {uid: {"folder": os.path.commonpath(e["paths"]), "description": e["description"], "date": e["date"],
+                  "series": len(e["series"]), "files": len(e["paths"])} for uid, e in found.items()}

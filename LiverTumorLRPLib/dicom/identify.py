@@ -116,8 +116,9 @@ def weighting(phase) -> "tuple[str | None, str]":
     return None, "weighting not recognised"
 
 
-def contrast_state(phase, bolus, dynamic_position: bool) -> "tuple[str | None, str]":
-    """("pre" or "post" or None, why) for one T1 phase; ``bolus``: the study's bolus start (or None)."""
+def contrast_state(phase, bolus, dynamic_rank: "int | None") -> "tuple[str | None, str]":
+    """("pre" or "post" or None, why) for one T1 phase; ``bolus``: the study's bolus start (or None);
+    ``dynamic_rank``: the phase's place (0 first) in its dynamic series, None when it is in none."""
     acquired = phase.acquired
     if bolus is not None and acquired is not None:
         if acquired < bolus:
@@ -133,11 +134,30 @@ def contrast_state(phase, bolus, dynamic_position: bool) -> "tuple[str | None, s
     word = find_alias(text, POST_WORDS)
     if word or guess_sequence(text) in SEQUENCE_KEYS[2:]:
         return "post", f"'{word or guess_sequence(text)}' in the description"
-    if dynamic_position:
-        if phase.number == phase.lowest:
+    if dynamic_rank is not None:
+        if dynamic_rank == 0:
             return "pre", "first phase of a dynamic series"
         return "post", "later phase of a dynamic series"
     return None, "contrast not recognised"
+
+
+def dynamic_ranks(proposals: list) -> dict:
+    """id(phase) -> its place in a dynamic series: the phases of one multi-phase series, or of three or more
+    single-phase series with the same protocol (a dynamic written as a series per phase), by acquisition time."""
+    groups = {}
+    for p in proposals:
+        if p.weighting != "T1" or p.ignored is not None:
+            continue
+        ph = p.phase
+        key = ("series", ph.series_uid) if ph.n_phases > 1 else \
+            ("protocol", (ph.protocol or ph.description).strip().lower())
+        groups.setdefault(key, []).append(ph)
+    ranks = {}
+    for phases in groups.values():
+        if len(phases) >= 3:
+            ordered = sorted(phases, key=lambda ph: (ph.acquired if ph.acquired is not None else 0.0, ph.number))
+            ranks.update({id(ph): i for i, ph in enumerate(ordered)})
+    return ranks
 
 
 def window_key(seconds: float) -> "str | None":
@@ -213,9 +233,10 @@ def classify(series_list: list) -> list:
         if not series.phases:
             proposals.append(Proposal(_bare_phase(series), f"{series.modality or 'no'} object, no image volume"))
     bolus = study_bolus(proposals)
+    ranks = dynamic_ranks(proposals)
     for p in proposals:
         if p.weighting == "T1" and p.ignored is None:
-            p.contrast, p.contrast_why = contrast_state(p.phase, bolus, p.phase.n_phases >= 3)
+            p.contrast, p.contrast_why = contrast_state(p.phase, bolus, ranks.get(id(p.phase)))
             p.reasons.append(p.contrast_why)
     assign_times(proposals, bolus)
     for p in proposals:

@@ -77,26 +77,48 @@ def read_ground_truth(series_list: list, reference: sitk.Image, where: str = "")
     return sitk.Cast(on_grid > 0, sitk.sitkUInt8)
 
 
-def read_dicom_study(folder: str, sequences=SEQUENCE_KEYS, overrides: "dict | None" = None):
+def one_study(series_list: list, study_uid: "str | None", where: str) -> list:
+    """The series of one study: ``study_uid``'s, or the only study's; ValueError listing the studies when the
+    folder holds several image studies and none is named."""
+    def uid(s):
+        return str(s.headers[0].get("StudyInstanceUID", "") or "")
+    if study_uid:
+        chosen = [s for s in series_list if uid(s) == study_uid]
+        if not chosen:
+            raise ValueError(f"{where}: no series of study {study_uid}")
+        return chosen
+    studies = {}
+    for s in series_list:
+        if s.phases and s.modality == "MR":
+            h = s.headers[0]
+            studies.setdefault(uid(s), f"{uid(s)} '{h.get('StudyDescription', '')}' {h.get('StudyDate', '')}")
+    if len(studies) > 1:
+        raise ValueError(f"{where}: {len(studies)} studies in one folder ({' | '.join(studies.values())}); "
+                         f"name one (study_uid=) or read each study's folder")
+    return series_list
+
+
+def read_dicom_study(folder: str, sequences=SEQUENCE_KEYS, overrides: "dict | None" = None,
+                     study_uid: "str | None" = None):
     """``(images, label, mapping)`` of the DICOM study under ``folder``.
 
     ``images``: sequence key -> float32 SimpleITK image of the chosen series or phase (its own grid);
     ``label``: the study's manual tumor SEG on the T1 15 min grid (uint8 SimpleITK image), else None;
     ``mapping``: one dict per key (:func:`.identify.record`: key, series_uid, phase, description, protocol,
     time_after_contrast_s, time_source, contrast_agent, why, files).  ``overrides``: key -> ``SERIES_UID``
-    or ``SERIES_UID:PHASE``.  ValueError (one line) for an empty, ambiguous or incomplete study.
+    or ``SERIES_UID:PHASE``; ``study_uid``: the study to read where the folder holds several.  ValueError
+    (one line) for an empty, ambiguous or incomplete study.
     """
     folder = os.fspath(folder)
     series_list, unreadable = scan_study(folder)
-    images_found = [s for s in series_list if s.phases]
-    if not images_found:
+    if not any(s.phases for s in series_list):
         raise ValueError(f"{folder}: no DICOM image series found"
                          + (f" ({len(unreadable)} unreadable file(s))" if unreadable else ""))
+    series_list = one_study(series_list, study_uid, folder)
     if unreadable:
         warnings.warn(f"{folder}: {len(unreadable)} unreadable DICOM file(s) skipped, e.g. "
                       f"{os.path.relpath(unreadable[0], folder)}", stacklevel=2)
-    proposals = classify(series_list)
-    chosen = choose(proposals, sequences, overrides, folder)
+    chosen = choose(classify(series_list), sequences, overrides, folder)
     images = {}
     for key, p in chosen.items():
         try:
@@ -104,7 +126,7 @@ def read_dicom_study(folder: str, sequences=SEQUENCE_KEYS, overrides: "dict | No
         except ValueError as e:
             hint = f" ({len(unreadable)} unreadable file(s) in the study)" if unreadable else ""
             raise ValueError(f"{e}{hint}") from None
-    reference = images.get(REFERENCE_KEY) or next(iter(images.values()))
+    reference = images[REFERENCE_KEY] if REFERENCE_KEY in images else next(iter(images.values()))
     label = read_ground_truth(series_list, reference, folder)
     return images, label, [record(k, p) for k, p in chosen.items()]
 
