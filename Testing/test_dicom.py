@@ -71,6 +71,8 @@ def by_key(mapping):
 def test_phantom_study_reads_back_exactly(phantom, tmp_path):
     case, study = phantom
     assert is_dicom_study(study.folder) and not is_dicom_study(str(tmp_path))
+    shutil.copytree(os.path.join(study.folder, "DICOM", "SE0002_t2_haste_tra_mbh"), str(tmp_path / "case" / "T2"))
+    assert not is_dicom_study(str(tmp_path / "case"))      # a case folder: one DICOM folder per sequence key
     images, label, mapping = read_dicom_study(study.folder)
     ref = case.reference()
     assert list(images) == list(SEQUENCE_KEYS)
