@@ -58,15 +58,17 @@ def display_name(key: str) -> str:
 
 
 def class_index(name: "str | int") -> int:
-    """Deprecated: the classes are the model's (:meth:`.model_info.ModelInfo.class_index`); this is that of the
-    paper's two-class model (background 0, tumor 1)."""
+    """Deprecated: the classes are the model's (:meth:`.model_info.ModelInfo.class_index`); this knows only the
+    paper's two classes (background 0, tumor 1)."""
     import warnings
-
-    from .model_info import ModelInfo
 
     warnings.warn("sequences.class_index is deprecated; use model_info(model).class_index", DeprecationWarning,
                   stacklevel=2)
-    return ModelInfo().class_index(name)
+    if isinstance(name, int) and name in (0, 1):
+        return name
+    if isinstance(name, str) and name.lower() in CLASS_NAMES:
+        return CLASS_NAMES.index(name.lower())
+    raise ValueError(f"unknown class {name!r}; expected 'tumor' (1) or 'background' (0)")
 
 
 def _alias_pattern(alias: str) -> "re.Pattern[str]":

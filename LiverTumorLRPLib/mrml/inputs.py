@@ -10,9 +10,8 @@ import slicer
 import vtk
 
 from ..sequences import DISPLAY_NAMES, REFERENCE_KEY, SEQUENCE_KEYS, SEQUENCES, guess_sequence
-from .nodes import label_color_table
-from .scene import (LPS, add_volume, current_scene, ijk_to_ras, node_array, resample_to, same_grid,
-                    unique_name)
+from .scene import (LPS, add_volume, current_scene, ijk_to_ras, label_color_table, node_array, resample_to,
+                    same_grid, unique_name)
 
 REGION_KINDS = ("segment", "predicted tumor", "predicted background", "point")
 

@@ -11,17 +11,15 @@ import vtk
 
 from ..figures import SEQUENCE_COLOURS
 from ..sequences import DISPLAY_NAMES, SEQUENCE_KEYS
-from .scene import add_volume, current_scene, tag_output, unique_name
+from .scene import (LABEL_COLOR_TABLE_NAME, SEGMENT_NAME, TUMOR_COLOR, add_volume, current_scene,  # noqa: F401
+                    label_color_table, tag_output, unique_name)
 
 if TYPE_CHECKING:
     from ..analysis import Explanation
     from .inputs import Inputs
 
 
-SEGMENT_NAME = "Tumor"
 COLOR_TABLE_NAME = "LiverTumorLRP relevance"
-LABEL_COLOR_TABLE_NAME = "LiverTumorLRP labels"
-TUMOR_COLOR = (0.95, 0.75, 0.1)
 SERIES_COLORS = tuple(tuple(int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)) for h in SEQUENCE_COLOURS)  # the PNGs' own
 
 
@@ -32,21 +30,6 @@ class SegmentResult:
     probability: Any                # vtkMRMLScalarVolumeNode: tumor probability
     n_tumor: int
     tumor_ml: float
-
-
-
-def label_color_table(scene=None):
-    """The small color table naming label 1 "Tumor" (created once)."""
-    scene = current_scene(scene)
-    node = scene.GetFirstNodeByName(LABEL_COLOR_TABLE_NAME)
-    if node is None:
-        node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", LABEL_COLOR_TABLE_NAME)
-        node.SetTypeToUser()
-        node.SetNumberOfColors(2)
-        node.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
-        node.SetColor(1, SEGMENT_NAME, *TUMOR_COLOR, 1.0)
-        node.SetAttribute("LiverTumorLRP.Output", "1")
-    return node
 
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import slicer
 import vtk
 
-from .nodes import SEGMENT_NAME, label_color_table
+from .scene import SEGMENT_NAME, label_color_table
 from .scene import ijk_to_ras, node_array
 
 

@@ -152,3 +152,20 @@ def add_volume(scene, array, ijk2ras, name, class_name="vtkMRMLScalarVolumeNode"
     return node
 
 
+SEGMENT_NAME = "Tumor"
+LABEL_COLOR_TABLE_NAME = "LiverTumorLRP labels"
+TUMOR_COLOR = (0.95, 0.75, 0.1)
+
+
+def label_color_table(scene=None):
+    """The small color table naming label 1 "Tumor" (created once)."""
+    scene = current_scene(scene)
+    node = scene.GetFirstNodeByName(LABEL_COLOR_TABLE_NAME)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", LABEL_COLOR_TABLE_NAME)
+        node.SetTypeToUser()
+        node.SetNumberOfColors(2)
+        node.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
+        node.SetColor(1, SEGMENT_NAME, *TUMOR_COLOR, 1.0)
+        node.SetAttribute("LiverTumorLRP.Output", "1")
+    return node
