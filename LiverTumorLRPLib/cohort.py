@@ -28,8 +28,8 @@ import numpy as np
 
 from .analysis import DEFAULT_RESAMPLES, as_case
 from .case_io import find_cases, write_json, write_text
-from .commands import (add_labels_argument, add_model_arguments, add_sequence_relevance_arguments, model_spec,
-                       necessity_reference, patch_from_args)
+from .commands import (add_dicom_arguments, add_labels_argument, add_model_arguments, add_sequence_relevance_arguments,
+                       model_spec, necessity_reference, patch_from_args)
 from .models import cached_model
 from .necessity import REFERENCE
 from .progress import one_line
@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser):
     add_model_arguments(p)
     add_sequence_relevance_arguments(p)
     add_labels_argument(p)
+    add_dicom_arguments(p)
     p.add_argument("--workers", type=int, default=None,
                    help="N > 1: cases run in parallel on a Dask LocalCluster of N processes on 127.0.0.1 (capped by "
                         "cores and memory); 1 (default): one after another in this process")
@@ -93,7 +94,7 @@ def _remove_temporaries(out: str) -> None:
 
 def run_case(case_dir: str, out: str, model, preset, device, seed, background, max_voxels, patch_size,
              max_components: int, resamples: int = DEFAULT_RESAMPLES, necessity_reference: Optional[str] = REFERENCE,
-             labels: Optional[str] = None, threads: Optional[int] = None) -> dict:
+             labels: Optional[str] = None, threads: Optional[int] = None, dicom_out: Optional[str] = None) -> dict:
     """One case of a cohort (:func:`pipeline.analyze_case` with its label components); writes ``result.json``
     last.  Raises on a bad case."""
     import torch
@@ -107,7 +108,7 @@ def run_case(case_dir: str, out: str, model, preset, device, seed, background, m
     case = as_case(case_dir, net, labels)
     summary = pipeline.analyze_case(case, out, net, preset, device, seed, background, max_voxels, patch_size,
                                     finalize=False, max_components=max_components, resamples=resamples,
-                                    necessity_reference=necessity_reference)
+                                    necessity_reference=necessity_reference, dicom_out=dicom_out)
     write_json(summary, os.path.join(out, RESULT))
     if os.path.exists(os.path.join(out, ERROR)):
         os.remove(os.path.join(out, ERROR))
@@ -129,7 +130,7 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
                seed: int = 0, background: str = "random", max_voxels=None, patch_size=None, max_components: int = 3,
                memory_per_case: float = 3.0, progress=None, scheduler: Optional[str] = None,
                resamples: int = DEFAULT_RESAMPLES, necessity_reference: Optional[str] = REFERENCE,
-               labels: Optional[str] = None) -> dict:
+               labels: Optional[str] = None, dicom_out: Optional[str] = None) -> dict:
     """Run every case under ``root``; returns ``{"results": {name: summary}, "failures": {name: reason}, ...}``.
 
     ``workers > 1`` runs the cases on a Dask LocalCluster, ``scheduler`` on an existing Dask cluster
@@ -169,13 +170,14 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
             progress(len(results) + len(failures), len(cases), name, error)
 
     if scheduler or (workers or 1) > 1:
-        n_workers = run_on_dask(todo, out, args, finished, scheduler=scheduler,
+        n_workers = run_on_dask(todo, out, args, finished, scheduler=scheduler, dicom_out=dicom_out,
                                 workers=None if scheduler else effective_workers(workers, memory_per_case))
     else:
         n_workers = 1
         for name, case_dir in todo:
             try:
-                finished(name, run_case(case_dir, os.path.join(out, name), *args))
+                finished(name, run_case(case_dir, os.path.join(out, name), *args,
+                                        dicom_out=dicom_out and os.path.join(dicom_out, name)))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # a bad case is reported and skipped
@@ -212,7 +214,7 @@ def local_cluster(n_workers: int, device: str = "auto", **kwargs):
     return distributed.LocalCluster(**{**options, **kwargs})
 
 
-def _case_task(case_dir: str, out: str, args: tuple, threads_per_host: dict) -> dict:
+def _case_task(case_dir: str, out: str, args: tuple, threads_per_host: dict, dicom_out: Optional[str] = None) -> dict:
     """One case on a Dask worker: ``{"summary": ...}`` or ``{"error": reason}`` for bad input (not retried).
 
     A case already finished (its worker died after ``result.json``) is returned as is.  Other exceptions
@@ -228,13 +230,13 @@ def _case_task(case_dir: str, out: str, args: tuple, threads_per_host: dict) -> 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // threads_per_host.get(get_address_host(get_worker().address), 1))
     try:
-        return {"summary": run_case(case_dir, out, *args, threads=threads)}
+        return {"summary": run_case(case_dir, out, *args, threads=threads, dicom_out=dicom_out)}
     except (ValueError, FileNotFoundError) as exc:
         return {"error": _reason(exc)}
 
 
 def run_on_dask(todo, out: str, args: tuple, finished, scheduler: Optional[str] = None,
-                workers: Optional[int] = None) -> int:
+                workers: Optional[int] = None, dicom_out: Optional[str] = None) -> int:
     """One Dask task per case of ``todo`` (``[(name, case_dir)]``); ``finished(name, summary, error)`` is called
     as each task completes (it drives the progress bar).  Returns the number of workers.
 
@@ -265,6 +267,7 @@ def run_on_dask(todo, out: str, args: tuple, finished, scheduler: Optional[str] 
             host = distributed.comm.get_address_host(address)
             per_host[host] = per_host.get(host, 0) + max(slots, 1)
         futures = {client.submit(_case_task, case_dir, os.path.join(out, name), args, per_host,
+                                 dicom_out and os.path.join(dicom_out, name),
                                  key=f"liver-lrp-case-{name}-{os.urandom(4).hex()}", retries=RETRIES,
                                  resources=resources, pure=False): name
                    for name, case_dir in todo}
@@ -396,7 +399,7 @@ def run(args) -> int:
         res = run_cohort(args.root, args.out, model_spec(args), args.preset, args.device, args.workers, args.seed,
                          args.background, args.max_voxels, patch_from_args(args), args.max_components,
                          args.memory_per_case, progress, args.scheduler, args.resamples,
-                         necessity_reference(args), args.labels)
+                         necessity_reference(args), args.labels, args.dicom_out)
     finally:
         bar.close()
     print(f"{len(res['results'])} done, {len(res['failures'])} failed ({res['skipped']} already finished), "

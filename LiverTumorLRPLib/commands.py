@@ -32,11 +32,38 @@ def progress_bar(desc: str):
 
 def _common(p: argparse.ArgumentParser, case: bool = True):
     if case:
-        p.add_argument("case", help="case folder (files named by sequence key, or case.json)")
+        p.add_argument("case", help="case folder (files named by sequence key, or case.json), an nnU-Net case "
+                                    "(imagesTs/CASE or its first file), a DICOM study folder, or with --pacs the "
+                                    "Study Instance UID")
     p.add_argument("--out", required=True, help="output folder")
     add_model_arguments(p)
     p.add_argument("--register", action="store_true", help="register every sequence to T1 15 min first")
     add_labels_argument(p)
+    add_dicom_arguments(p)
+    p.add_argument("--sequence", action="append", default=[], metavar="KEY=SERIES_UID[:PHASE]",
+                   help="DICOM study: take this series (or phase of a multi-phase series) as sequence KEY instead "
+                        "of the one its headers suggest (repeatable)")
+    p.add_argument("--pacs", default=None, metavar="URL",
+                   help="DICOMweb root of a PACS (e.g. http://host:8042/dicom-web): CASE is a Study Instance UID "
+                        "read from it, and the DICOM results are stored back (credentials: LIVER_LRP_PACS_USER / "
+                        "LIVER_LRP_PACS_PASSWORD or a netrc file, never on the command line)")
+
+
+def add_dicom_arguments(p: argparse.ArgumentParser):
+    p.add_argument("--dicom-out", default=None, metavar="DIR",
+                   help="also write the tumor segmentation as DICOM SEG and each sequence's relevance as a DICOM "
+                        "Parametric Map into DIR, referencing the source series")
+
+
+def sequence_overrides(args) -> dict:
+    """``--sequence KEY=UID[:PHASE]`` as a dict; ValueError for a malformed one."""
+    out = {}
+    for item in args.sequence or ():
+        key, sep, uid = item.partition("=")
+        if not sep or not key or not uid:
+            raise ValueError(f"--sequence {item}: expected KEY=SERIES_UID (e.g. T1_20s=1.2.840...)")
+        out[key.strip()] = uid.strip()
+    return out
 
 
 def add_labels_argument(p: argparse.ArgumentParser):
@@ -114,7 +141,7 @@ def _read(args, net):
 
     info = model_info(net)
     return read_case(args.case, register=args.register, sequences=info.channels, labels=args.labels,
-                     lesion=info.lesion, model_classes=info.classes)
+                     lesion=info.lesion, model_classes=info.classes, dicom_overrides=sequence_overrides(args) or None)
 
 
 def necessity_reference(args):
@@ -144,31 +171,61 @@ def _print_shares(summary: dict):
 
 
 def run(args) -> int:
-    from . import pipeline
+    if args.command == "demo":
+        return run_demo(args)
+    if args.pacs:
+        return _run_with_pacs(args)
+    summary = _run_case(args)
+    if args.command != "segment":
+        _print_shares(summary)
+    return 0
 
+
+def _run_case(args) -> dict:
+    """Read the case, run the command's pipeline job, print its one-line result; the summary."""
+    from . import pipeline
     from .models import load_model
 
     patch = patch_from_args(args)
-    if args.command == "demo":
-        return run_demo(args)
     with progress_bar(args.command) as bar:
         net = load_model(model_spec(args))
         case = _read(args, net)
         if args.command == "segment":
-            info = pipeline.segment_case(case, args.out, net, args.device, bar, patch_size=patch)
+            info = pipeline.segment_case(case, args.out, net, args.device, bar, patch_size=patch,
+                                         dicom_out=args.dicom_out)
             print(f"{case.name}: {info['tumor_voxels']} tumor voxels ({info['tumor_volume_ml']:.1f} ml)"
                   + (f", Dice {info['dice']:.3f}" if "dice" in info else "") + f" -> {args.out}")
-            return 0
+            return info
         if args.command == "explain":
             summary = pipeline.explain_case(case, args.out, net, args.region, args.cls, args.preset,
-                                            args.device, patch, bar)
+                                            args.device, patch, bar, dicom_out=args.dicom_out)
         else:
             summary = pipeline.analyze_case(case, args.out, net, args.preset, args.device, args.seed,
                                             args.background, args.max_voxels, patch, bar,
                                             resamples=args.resamples,
-                                            necessity_reference=necessity_reference(args))
+                                            necessity_reference=necessity_reference(args), dicom_out=args.dicom_out)
     print(f"{case.name}: {summary['title']} ({args.preset}) -> {args.out}")
-    _print_shares(summary)
+    return summary
+
+
+def _run_with_pacs(args) -> int:
+    """``--pacs URL``: the study ``args.case`` (a Study Instance UID) read from the PACS into a temporary folder,
+    analysed, and its DICOM results stored back in one STOW-RS request once every file is written (a case that
+    fails stores nothing)."""
+    import tempfile
+
+    from .dicom.pacs import retrieve_study, store
+
+    uid = args.case
+    with tempfile.TemporaryDirectory(prefix="liver-lrp-pacs-") as tmp:
+        args.case = os.path.join(tmp, "study")
+        retrieve_study(args.pacs, uid, args.case)
+        args.dicom_out = args.dicom_out or os.path.join(tmp, "dicom_out")
+        summary = _run_case(args)
+        if args.command != "segment":
+            _print_shares(summary)
+        stored = store(summary["dicom_files"], args.pacs)
+    print(f"stored {len(stored)} DICOM object(s) in {args.pacs} (study {uid})")
     return 0
 
 
@@ -195,5 +252,6 @@ def run_demo(args) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "add_labels_argument", "add_model_arguments", "add_sequence_relevance_arguments", "model_spec",
-           "necessity_reference", "patch_from_args", "run", "run_demo"]
+__all__ = ["add_arguments", "add_dicom_arguments", "add_labels_argument", "add_model_arguments",
+           "add_sequence_relevance_arguments", "model_spec", "necessity_reference", "patch_from_args",
+           "sequence_overrides", "run", "run_demo"]

@@ -24,24 +24,46 @@ RESULT = "result.json"
 
 
 def write_segmentation_files(seg: Segmentation, out: str) -> dict:
-    """``tumor_probability`` and ``tumor_segmentation`` (the lesion class) on the case grid, and ``labels`` (every
-    class) for models with more than two classes; returns the segmentation summary."""
+    """``tumor_probability`` and ``tumor_segmentation`` (the lesion class) on the case grid, ``labels`` (every
+    class) for models with more than two classes, and for a DICOM study ``sequences.json`` (which series is
+    which sequence, and why); returns the segmentation summary."""
     case, info = seg.prepared.case, seg.prepared.info
     write_image(seg.probability, case.reference, os.path.join(out, "tumor_probability.nii.gz"), dtype=np.float32)
     write_image(seg.segmentation, case.reference, os.path.join(out, "tumor_segmentation.nii.gz"), dtype=np.uint8)
     if info.n_classes > 2:
         write_image(seg.labels, case.reference, os.path.join(out, "labels.nii.gz"), dtype=np.uint8)
+    if case.dicom:
+        from .dicom.study import write_sequences_json
+
+        write_sequences_json(case.dicom, os.path.join(out, "sequences.json"))
     return seg.summary()
 
 
+def write_dicom_files(seg: Segmentation, e: Optional[Explanation], dicom_out: str) -> list:
+    """The tumor segmentation as DICOM SEG and each sequence's relevance as a DICOM Parametric Map, on the case's
+    reference grid, referencing the study's series (:func:`.dicom.write.write_dicom_outputs`; for a case read
+    from files, a source series of the reference image is made for them to reference)."""
+    from .dicom.study import source_datasets
+    from .dicom.write import write_dicom_outputs
+
+    p = seg.prepared
+    maps = {} if e is None else dict(zip(e.channels, e.maps))
+    model = os.path.basename(str(p.info.source)) if p.info.source else "bundled u-net"
+    return write_dicom_outputs(dicom_out, p.case.reference, seg.segmentation, maps, model,
+                               source_datasets(p.case.dicom) if p.case.dicom else None, case_name=p.case.name)
+
+
 def segment_case(case, out: str, model="bundled", device="auto", progress=None, cancel=None,
-                 patch_size=None) -> dict:
-    """Lesion probability and segmentation on the case's reference grid (:func:`.analysis.segment`), as files."""
+                 patch_size=None, dicom_out: Optional[str] = None) -> dict:
+    """Lesion probability and segmentation on the case's reference grid (:func:`.analysis.segment`), as files
+    (``dicom_out``: also as DICOM SEG there)."""
     prog = as_progress(progress, cancel)
     net = load(model)
     p = prepare(case, net)
     seg = segment(p, device, patch_size, prog.part(0, 0.95))
     summary = write_segmentation_files(seg, out)
+    if dicom_out:
+        summary["dicom_files"] = write_dicom_files(seg, None, dicom_out)
     prog(1.0, "segmentation written")
     return {"segmentation": seg.segmentation, "probability": seg.probability, "labels": seg.labels,
             "network_labels": seg.network_labels, **summary}
@@ -136,7 +158,8 @@ def _meta(e: Explanation, seg_summary: dict, keys) -> dict:
 def analyze_case(case, out: str, model="bundled", preset="recommended", device="auto", seed: int = 0,
                  background: str = "random", max_voxels: Optional[int] = None, patch_size=None, progress=None,
                  cancel=None, finalize: bool = True, resamples: int = DEFAULT_RESAMPLES,
-                 max_components: int = 0, necessity_reference: Optional[str] = REFERENCE) -> dict:
+                 max_components: int = 0, necessity_reference: Optional[str] = REFERENCE,
+                 dicom_out: Optional[str] = None) -> dict:
     """Sec. 2.3 for one case: segmentation, ``M = M_B^0 + M_T^1`` per sequence, JSON/CSV, bar chart, overlays.
 
     Computed on the network grid (where Eq. 2 holds exactly); maps are written on the case grid.
@@ -144,8 +167,8 @@ def analyze_case(case, out: str, model="bundled", preset="recommended", device="
     (:func:`.explain.sequence_relevance_interval`; 0: one draw only).  ``max_components``: also explain that
     many of the largest true-positive and false-negative label components (cases with a label).
     ``necessity_reference``: what replaces a sequence for the Dice without it and the Shapley values of Dice
-    (:mod:`.necessity`; None: not computed).  ``finalize``: write ``result.json`` (the marker of a complete
-    folder) at the end."""
+    (:mod:`.necessity`; None: not computed).  ``dicom_out``: also the segmentation as DICOM SEG and the maps as
+    Parametric Maps there.  ``finalize``: write ``result.json`` (the marker of a complete folder) at the end."""
     t0 = time.time()
     prog = as_progress(progress, cancel)
     p = prepare(case, load(model))
@@ -160,6 +183,8 @@ def analyze_case(case, out: str, model="bundled", preset="recommended", device="
     summary = write_explanation_files(e, p, out, meta, seg.segmentation.astype(bool))
     if max_components and p.case.label is not None and p.case.label.any():
         summary["components"] = write_component_files(p, seg, out, preset, device, max_components, patch_size)
+    if dicom_out:
+        summary["dicom_files"] = write_dicom_files(seg, e, dicom_out)
     summary["seconds"] = round(time.time() - t0, 2)
     if finalize:
         write_json(summary, os.path.join(out, RESULT))
@@ -188,7 +213,7 @@ def write_component_files(p: Prepared, seg: Segmentation, out: str, preset, devi
 
 
 def explain_case(case, out: str, model="bundled", region="tumor", cls="tumor", preset="recommended",
-                 device="auto", patch_size=None, progress=None, cancel=None) -> dict:
+                 device="auto", patch_size=None, progress=None, cancel=None, dicom_out: Optional[str] = None) -> dict:
     """Eq. 2 for one region and class: relevance per sequence (NIfTI), shares (JSON/CSV), bar chart, overlays.
 
     ``region``: ``tumor`` / ``background`` (predicted) or a mask file on the case's reference grid; it is mapped
@@ -202,6 +227,8 @@ def explain_case(case, out: str, model="bundled", region="tumor", cls="tumor", p
     meta = {"analysis": "region relevance (Eq. 2)",
             **_meta(e, seg_summary, ("tumor_voxels", "network_grid", "windows", "window_shape", "dice"))}
     summary = write_explanation_files(e, p, out, meta, seg.segmentation.astype(bool))
+    if dicom_out:
+        summary["dicom_files"] = write_dicom_files(seg, e, dicom_out)
     summary["seconds"] = round(time.time() - t0, 2)
     write_json(summary, os.path.join(out, RESULT))
     return summary

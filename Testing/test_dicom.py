@@ -412,3 +412,115 @@ def test_phantom_command_writes_a_study(tmp_path):
     assert same_grid(images["T1_15min"], case.reference()) and np.array_equal(sitk.GetArrayFromImage(label), case.label)
     series = {m["series_uid"] for m in mapping}
     assert len(series) == 3     # T2, the dynamic series (four phases), the hepatobiliary phase
+
+
+@pytest.fixture(scope="module")
+def tiny_model(phantom, tmp_path_factory):
+    """A seeded u-net that predicts some tumor on the phantom study's case (fast LRP)."""
+    import torch
+
+    from LiverTumorLRPLib.intensity import normalise_image
+    from LiverTumorLRPLib.models import save_model
+    from LiverTumorLRPLib.unet import UNet3D, UNetConfig
+
+    case, _ = phantom
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(depth=2, base_channels=4)).eval()
+    with torch.no_grad():
+        y = net(torch.from_numpy(normalise_image(np.stack([case.images[k] for k in SEQUENCE_KEYS])))[None])[0]
+        net.head.bias[1] -= float(torch.quantile((y[1] - y[0]).flatten(), 0.95))
+    return str(save_model(net, tmp_path_factory.mktemp("model") / "tiny.safetensors"))
+
+
+def _outputs_match(out, dicom_files, case_shape):
+    """The DICOM SEG and Parametric Maps equal the NIfTI outputs: same grid, SEG = the segmentation, maps to
+    float32 precision."""
+    seg_nifti = sitk.ReadImage(os.path.join(out, "tumor_segmentation.nii.gz"))
+    seg = read_dicom_volume(next(p for p in dicom_files if os.path.basename(p) == "seg_tumor.dcm"))
+    assert same_grid(seg, seg_nifti) and seg.GetSize()[::-1] == case_shape
+    assert np.array_equal(sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(seg_nifti))
+    for key in SEQUENCE_KEYS:
+        nifti = sitk.ReadImage(os.path.join(out, f"relevance_{key}.nii.gz"))
+        pm = read_dicom_volume(next(p for p in dicom_files if os.path.basename(p) == f"relevance_{key}.dcm"))
+        assert same_grid(pm, nifti)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(pm), sitk.GetArrayFromImage(nifti))
+
+
+def test_analyze_a_dicom_study_folder_with_dicom_out(phantom, tiny_model, tmp_path, capsys):
+    from LiverTumorLRPLib.cli import main
+
+    case, study = phantom
+    out, dicom_out = tmp_path / "out", tmp_path / "dicom"
+    assert main(["analyze", study.folder, "--out", str(out), "--model", tiny_model, "--device", "cpu",
+                 "--resamples", "0", "--necessity", "none", "--dicom-out", str(dicom_out)]) == 0
+    assert "T1_20s <- " in capsys.readouterr().err               # the chosen mapping is printed
+    mapping = json.load(open(out / "sequences.json"))["sequences"]
+    assert [m["key"] for m in mapping] == list(SEQUENCE_KEYS) and all("why" in m for m in mapping)
+    summary = json.load(open(out / "result.json"))
+    assert "dice" in summary                                    # the study's manual SEG is the label
+    files = summary["dicom_files"]
+    assert sorted(os.path.basename(p) for p in files) == sorted(
+        ["seg_tumor.dcm", *[f"relevance_{k}.dcm" for k in SEQUENCE_KEYS]])   # no synthesised source: it has one
+    _outputs_match(str(out), files, case.label.shape)
+    seg = pydicom.dcmread(os.path.join(dicom_out, "seg_tumor.dcm"))
+    sources = {m["series_uid"] for m in mapping}
+    referenced = {s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence}
+    assert sources <= referenced | {str(seg.SeriesInstanceUID)} and referenced & sources
+
+
+def test_round_trip_through_the_pacs(phantom, tiny_model, orthanc, tmp_path, monkeypatch, capsys):
+    """Upload the phantom study, analyze it from the PACS by its Study Instance UID (credentials from the
+    environment), store SEG and Parametric Maps back, retrieve them and compare with the NIfTI outputs."""
+    from dicomweb_client.api import DICOMwebClient
+    from dicomweb_client.session_utils import create_session_from_user_pass
+
+    from LiverTumorLRPLib.cli import main
+    from LiverTumorLRPLib.dicom import dicom_files
+
+    case, study = phantom
+    url = f"{orthanc}/dicom-web"
+    uploads = [p for p in dicom_files(study.folder)]
+    store(uploads, url, USER, PASSWORD)
+    uid = str(pydicom.dcmread(uploads[0], stop_before_pixels=True).StudyInstanceUID)
+    client = DICOMwebClient(url, session=create_session_from_user_pass(USER, PASSWORD))
+    before = {s["0020000E"]["Value"][0] for s in client.search_for_series(uid)}
+    out = tmp_path / "out"
+    args = ["analyze", uid, "--pacs", url, "--out", str(out), "--model", tiny_model, "--device", "cpu",
+            "--resamples", "0", "--necessity", "none"]
+    monkeypatch.delenv("LIVER_LRP_PACS_USER", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))                   # no netrc either: the PACS refuses
+    assert main(args) == 1 and "refused the login" in capsys.readouterr().err
+    assert {s["0020000E"]["Value"][0] for s in client.search_for_series(uid)} == before   # nothing stored
+    monkeypatch.setenv("LIVER_LRP_PACS_USER", USER)
+    monkeypatch.setenv("LIVER_LRP_PACS_PASSWORD", PASSWORD)
+    assert main(args) == 0 and "stored 7 DICOM object(s)" in capsys.readouterr().out
+    new = [pydicom.Dataset.from_json(s) for s in client.search_for_series(uid)
+           if s["0020000E"]["Value"][0] not in before]
+    assert len(new) == 7
+    back = tmp_path / "back"
+    for s in new:
+        for ds in client.retrieve_series(uid, s.SeriesInstanceUID):
+            name = "seg_tumor.dcm" if ds.Modality == "SEG" else \
+                f"relevance_{next(k for k in SEQUENCE_KEYS if ds.SeriesDescription.endswith(display_name(k)))}.dcm"
+            os.makedirs(back, exist_ok=True)
+            ds.save_as(os.path.join(back, name), enforce_file_format=True)
+    _outputs_match(str(out), [str(p) for p in back.iterdir()], case.label.shape)
+    assert main([*args[:1], "1.2.3.4.5.404", *args[2:]]) == 1 and "no study 1.2.3.4.5.404" in capsys.readouterr().err
+
+
+def test_cohort_of_dicom_studies(phantom, tiny_model, tmp_path):
+    """Every study under the root is a case (found by StudyInstanceUID, nested any way), with DICOM out per case."""
+    from LiverTumorLRPLib.cohort import run_cohort
+
+    case, study = phantom
+    root = tmp_path / "cohort"
+    shutil.copytree(study.folder, root / "centre_a" / "patient_1" / "study")
+    write_phantom_study(generate_case(4, shape=SHAPE, spacing=SPACING), str(root / "centre_b" / "p2"))
+    res = run_cohort(str(root), str(tmp_path / "out"), tiny_model, device="cpu", max_components=0, resamples=0,
+                     necessity_reference=None, dicom_out=str(tmp_path / "dicom"))
+    # each study's case is the deepest folder holding all its files (the phantom writes them under DICOM/)
+    assert sorted(res["results"]) == ["centre_a/patient_1/study/DICOM", "centre_b/p2/DICOM"]
+    assert not res["failures"]
+    for name in res["results"]:
+        assert os.path.exists(tmp_path / "out" / name / "sequences.json")
+        assert os.path.exists(tmp_path / "dicom" / name / "seg_tumor.dcm")

@@ -27,6 +27,7 @@ class Case:
     label: Optional[np.ndarray] = None
     transforms: dict = field(default_factory=dict)
     channels: tuple = SEQUENCE_KEYS   # the channel keys of ``image``, in order
+    dicom: Optional[list] = None      # read from a DICOM study: the series chosen per sequence (sequences.json)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -79,6 +80,8 @@ class CaseSource:
     classes: Optional[Mapping[int, str]] = None
     reader: Optional[Callable[[str], sitk.Image]] = None
     kind: str = "case folder"
+    label_image: Optional[sitk.Image] = None    # a label already read (a DICOM study's ground-truth SEG)
+    dicom: Optional[list] = None                # a DICOM study: which series is which sequence, and why
 
 
 def reference_key(keys=SEQUENCE_KEYS) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 from typing import Optional
 
+from ..dicom.files import dicom_module, is_dicom_study
 from ..sequences import SEQUENCE_KEYS, guess_sequence
 from .channels import brats_file, looks_like_brats_file
 from .datasets import dataset_cases, is_images_folder, is_labels_folder
@@ -121,7 +122,7 @@ def find_cases(root: str, exclude=()) -> list[str]:
     missing some sequences is found (and then fails with its reason) rather than dropped; and in an nnU-Net or
     MSD images folder (``imagesTs``, ``imagesTr``, or a folder of ``CASE_0000.nii.gz`` files) each case as
     ``FOLDER/CASE`` (:func:`.datasets.dataset_cases`; the ``labelsTs``/``labelsTr`` beside it are not
-    searched).  A case's own sub-folders are not searched; folders in ``exclude`` (e.g. the output folder) are
+    searched); and every DICOM study (a folder of DICOM files nested any way, found by StudyInstanceUID).  A case's own sub-folders are not searched; folders in ``exclude`` (e.g. the output folder) are
     skipped."""
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -140,4 +141,14 @@ def find_cases(root: str, exclude=()) -> list[str]:
         if CASE_JSON in visible or any(_names_a_sequence(folder, e) for e in (*visible, *dirs)):
             cases.append(folder)
             dirs[:] = []
+        elif is_dicom_study(folder):
+            cases.extend(dicom_study_folders(folder))
+            dirs[:] = []
     return sorted(cases)
+
+
+def dicom_study_folders(folder: str) -> list:
+    """The folder of each DICOM study under ``folder`` (the deepest one holding all its files); files of two
+    studies in one folder give that folder once, which then fails as a case naming both studies."""
+    headers = dicom_module("headers", folder)
+    return sorted({entry["folder"] for entry in headers.dicom_studies(folder).values()})

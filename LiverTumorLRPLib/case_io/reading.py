@@ -4,12 +4,14 @@ grid, normalised, stacked in channel order."""
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any, Mapping, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..dicom.files import dicom_module, is_dicom_study
 from ..intensity import normalise_sequence
 from ..progress import as_progress
 from ..sequences import SEQUENCE_KEYS
@@ -132,19 +134,32 @@ def case_from_images(images: Mapping[str, Any], name: str = "case", label: Any =
 load_case_arrays = case_from_images
 
 
+def dicom_source(path: str, keys: tuple, overrides=None) -> CaseSource:
+    """A DICOM study folder: the model's sequences found among its series by their headers
+    (:func:`..dicom.read_dicom_study`; ``overrides``: key -> series UID), its manual tumor SEG as the label."""
+    study = dicom_module("study", path)
+    images, label, mapping = study.read_dicom_study(path, sequences=keys, overrides=overrides)
+    print(f"{path}: DICOM study, sequences chosen:\n{study.describe_mapping(mapping)}", file=sys.stderr)
+    files = {m["key"]: m["files"][0] for m in mapping}
+    return CaseSource(os.path.basename(os.path.normpath(path)), files, reader=images.__getitem__,
+                      kind="DICOM study", label_image=label, dicom=mapping)
+
+
 def case_source(path: str, sequences=None, *, labels: Optional[str] = None, lesion=None,
-                model_classes=None) -> CaseSource:
+                model_classes=None, dicom_overrides=None) -> CaseSource:
     """Where the case ``path`` names keeps its channels and label, for a model with channels ``sequences``.
 
     ``path``: a case folder or its ``case.json`` (BraTS file names for a BraTS model), or an nnU-Net / MSD case:
     its first channel file, ``FOLDER/CASE`` or its 4D file (:mod:`.datasets`).  ``labels``: a folder of
     ``CASE.*`` labels instead of the dataset's ``labelsTs``/``labelsTr`` (or a case folder's ``label.*``);
     ``lesion`` and ``model_classes``: the model's lesion class and class names, which pick the lesion out of a
-    multi-class label.  FileNotFoundError / ValueError in one line naming the file."""
+    multi-class label.  A folder of DICOM files from one study (nested any way, no file named by a sequence key)
+    is read by its headers (:func:`dicom_source`; ``dicom_overrides``: key -> series UID).
+    FileNotFoundError / ValueError in one line naming the file."""
     keys = tuple(sequences or SEQUENCE_KEYS)
     path = os.fspath(path)
-    # Other layouts plug in here, before the folder readers: a DICOM study folder returns a CaseSource
-    # whose ``reader`` reads each sequence from the study's series.
+    if is_dicom_study(path):
+        return dicom_source(path, keys, dicom_overrides)
     src = dataset_source(path, keys, labels, lesion, model_classes)
     if src is not None:
         return src
@@ -185,7 +200,7 @@ def _read_images(src: CaseSource, keys: tuple, progress) -> dict:
 
 def read_case(path: str, normalise: bool = True, register: bool = False, progress=None, *,
               keep_raw: bool = True, orient: Optional[str] = None, bspline: bool = True, sequences=None,
-              labels: Optional[str] = None, lesion=None, model_classes=None) -> Case:
+              labels: Optional[str] = None, lesion=None, model_classes=None, dicom_overrides=None) -> Case:
     """Read a case into a :class:`Case`: a case folder (or its ``case.json``), or an nnU-Net / MSD case (its first
     channel file ``imagesTs/CASE_0000.nii.gz``, ``imagesTs/CASE`` or an MSD 4D file); see :func:`case_source`
     for ``labels``, ``lesion`` and ``model_classes`` (the model's lesion class and class names).
@@ -198,9 +213,12 @@ def read_case(path: str, normalise: bool = True, register: bool = False, progres
     """
     progress = as_progress(progress)
     keys = tuple(sequences or SEQUENCE_KEYS)
-    src = case_source(path, keys, labels=labels, lesion=lesion, model_classes=model_classes)
+    src = case_source(path, keys, labels=labels, lesion=lesion, model_classes=model_classes,
+                      dicom_overrides=dicom_overrides)
     images = _read_images(src, keys, progress)
-    label = read_label(src.files[LABEL_KEY]) if LABEL_KEY in src.files else None
-    return case_from_images(images, name=src.name, label=label, normalise=normalise, register=register,
+    label = read_label(src.files[LABEL_KEY]) if LABEL_KEY in src.files else src.label_image
+    case = case_from_images(images, name=src.name, label=label, normalise=normalise, register=register,
                             progress=progress, files=src.files, keep_raw=keep_raw, orient=orient, bspline=bspline,
                             sequences=keys, lesion=src.lesion, classes=src.classes)
+    case.dicom = src.dicom
+    return case

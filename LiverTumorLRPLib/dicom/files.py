@@ -51,3 +51,15 @@ def is_dicom_study(folder: str, min_files: int = 2) -> bool:
                 if count >= min_files:
                     return True
     return False
+
+
+def dicom_module(name: str, where: str):
+    """``LiverTumorLRPLib.dicom.<name>``, or one ValueError line naming ``where`` when the ``dicom`` extra
+    (pydicom, highdicom) is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"LiverTumorLRPLib.dicom.{name}")
+    except ImportError as exc:
+        raise ValueError(f"{where}: a DICOM study; reading it needs the dicom extra (pip install "
+                         f"'LiverTumorLRP[dicom]'): {exc}") from None

@@ -93,7 +93,7 @@ def mr_series(array: np.ndarray, grid: sitk.Image, attributes: dict, per_slice=N
 
 def save_dataset(ds: Dataset, path: str) -> str:
     """Write one dataset as a DICOM Part 10 file, atomically (temporary name, then rename)."""
-    from ..case_io import atomic_output
+    from ..case_io.writing import atomic_output
 
     with atomic_output(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)

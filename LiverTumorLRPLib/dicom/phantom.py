@@ -157,7 +157,7 @@ def write_phantom_study(case, folder: str, ground_truth: bool = True) -> Phantom
     """Write ``case`` (a :class:`..phantom.PhantomCase`) as a DICOM study under ``folder/DICOM/`` (one folder
     per series) with ``lesions.json`` beside it; the ground truth as a manual DICOM SEG (series 6) unless
     ``ground_truth=False``."""
-    from ..case_io import write_json
+    from ..case_io.writing import write_json
 
     seed_text = f"{case.info.get('seed', 0)} {tuple(case.label.shape)} {tuple(case.spacing)}"
     common = _study_attributes(case, seed_text)

@@ -138,7 +138,7 @@ def sequences_record(mapping: list) -> list:
 
 def write_sequences_json(mapping: list, path: str) -> str:
     """``sequences.json`` (atomic): the chosen series per key and why."""
-    from ..case_io import write_json
+    from ..case_io.writing import write_json
 
     return write_json({"sequences": sequences_record(mapping)}, path)
 

@@ -196,33 +196,3 @@ def read_dicom_volume(path: str) -> sitk.Image:
     image = hd.imread(path)
     volume = image.get_volume(apply_real_world_transform=True, dtype=np.float32)
     return sitk.Cast(volume_image(volume), sitk.sitkFloat32)
-
-
-def store(paths: list, url: str, user: "str | None" = None, password: "str | None" = None,
-          attempts: int = 3) -> list:
-    """Send DICOM files to a PACS with DICOMweb STOW-RS (``url``: the DICOMweb root, e.g.
-    ``http://host:8042/dicom-web``); basic authentication with ``user``/``password``, else the requests
-    defaults (a netrc file).  ``attempts``: tries of a failing request (back-off 2 s, 4 s, ...).  Returns the
-    stored SOP Instance UIDs; ValueError (one line naming the server) when the server cannot be reached,
-    refuses the login or rejects an instance."""
-    import pydicom
-    import requests
-    from dicomweb_client.api import DICOMwebClient
-    from dicomweb_client.session_utils import create_session, create_session_from_user_pass
-
-    session = create_session_from_user_pass(user, password) if user is not None else create_session()
-    client = DICOMwebClient(url=url.rstrip("/"), session=session)
-    client.set_http_retry_params(retry=attempts > 1, max_attempts=max(int(attempts), 1))
-    datasets = [pydicom.dcmread(p) for p in paths]
-    try:
-        response = client.store_instances(datasets)
-    except requests.exceptions.HTTPError as e:
-        status = e.response.status_code if e.response is not None else "?"
-        what = "refused the login" if status in (401, 403) else f"answered HTTP {status}"
-        raise ValueError(f"PACS {url}: {what} (STOW-RS of {len(datasets)} instance(s))") from None
-    except requests.exceptions.RequestException as e:
-        raise ValueError(f"PACS {url}: cannot be reached ({type(e).__name__})") from None
-    failed = list(response.get("FailedSOPSequence") or []) if response is not None else []
-    if failed:
-        raise ValueError(f"PACS {url}: {len(failed)} of {len(datasets)} instance(s) rejected")
-    return [str(ds.SOPInstanceUID) for ds in datasets]
