@@ -28,7 +28,7 @@ MAX_EXACT = 8               # exact Shapley values up to 2^8 subsets
 DISAGREE_RHO = 0.5          # below this Spearman rho (or another top sequence) the answers disagree
 
 
-def reference_image(image: np.ndarray, kind: str = REFERENCE) -> np.ndarray:
+def reference_image(image: np.ndarray, kind: str = REFERENCE, what: str = "reference") -> np.ndarray:
     """What replaces an absent sequence in a normalised (C, D, H, W) stack.
 
     ``blur`` (the default): a Gaussian blur of the sequence itself (sigma 3 voxels) -- the same anatomy and
@@ -43,7 +43,7 @@ def reference_image(image: np.ndarray, kind: str = REFERENCE) -> np.ndarray:
         return np.broadcast_to(image.mean(axis=(1, 2, 3), keepdims=True), image.shape).astype(image.dtype)
     if kind == "zero":
         return np.zeros_like(image)
-    raise ValueError(f"unknown reference {kind!r}; use one of {', '.join(REFERENCES)}")
+    raise ValueError(f"unknown {what} {kind!r}; use one of {', '.join(REFERENCES)}")
 
 
 def with_only(image: np.ndarray, reference: np.ndarray, present) -> np.ndarray:

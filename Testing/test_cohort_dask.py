@@ -180,19 +180,19 @@ class DiesOn(WorkerPlugin):
     def setup(self, worker):
         from LiverTumorLRPLib import cohort
 
-        original, case = cohort.read_case, self.case
+        original, case = cohort.as_case, self.case
 
-        def read_case(path, *args, **kwargs):
+        def as_case(path, *args, **kwargs):
             if os.path.basename(path) == case:
                 os._exit(1)
             return original(path, *args, **kwargs)
 
-        self.original, cohort.read_case = original, read_case
+        self.original, cohort.as_case = original, as_case
 
     def teardown(self, worker):
         from LiverTumorLRPLib import cohort
 
-        cohort.read_case = self.original
+        cohort.as_case = self.original
 
 
 def test_case_killing_its_worker_is_retried_twice_then_reported(cohort, cluster, tmp_path, capsys):

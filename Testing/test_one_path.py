@@ -114,7 +114,9 @@ def assert_same(got, want, where):
     for task in ("explain", "analyze"):
         (maps, shares, positive), (maps0, shares0, positive0) = got[task], want[task]
         scale = float(np.abs(maps0).max())
-        np.testing.assert_allclose(maps, maps0, rtol=1e-4, atol=1e-5 * scale, err_msg=f"{where}: {task} maps")
+        # float32 noise: the worker gets the scene's volumes as files, whose geometry goes through RAS and back,
+        # and a sub-micrometre shift of the resampling grid moves a few voxels' relevance by ~1e-4
+        np.testing.assert_allclose(maps, maps0, rtol=1e-3, atol=1e-4 * scale, err_msg=f"{where}: {task} maps")
         np.testing.assert_allclose(shares, shares0, atol=1e-5, err_msg=f"{where}: {task} shares")
         np.testing.assert_allclose(positive, positive0, atol=1e-5, err_msg=f"{where}: {task} positive mass")
     np.testing.assert_allclose(got["necessity"], want["necessity"], atol=1e-9,

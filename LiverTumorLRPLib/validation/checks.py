@@ -57,7 +57,7 @@ def lrp_of_target(model, case: ValidationCase, preset, device="cpu") -> np.ndarr
 def baseline_image(image: np.ndarray, kind: str = "zero") -> np.ndarray:
     """What replaces an absent sequence (:func:`..necessity.reference_image`): ``zero`` (its normalised foreground
     mean), ``mean`` (its volume mean) or ``blur`` (Gaussian, sigma 3 voxels: anatomy without lesion detail)."""
-    return reference_image(image, kind)
+    return reference_image(image, kind, "baseline")
 
 
 def _subset_values(model, case: ValidationCase, subsets, baseline: str, device, batch: int = 4) -> np.ndarray:
