@@ -1,13 +1,9 @@
 """Liver tumor segmentation in six-sequence liver MRI, explained with layer-wise relevance propagation."""
 import contextlib
 import enum
-import importlib
-import importlib.util
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from typing import Annotated, Optional
 
 import qt
@@ -15,7 +11,7 @@ import vtk
 
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+                                           ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.parameterNodeWrapper.guiConnectors import GuiConnector
@@ -60,13 +56,14 @@ def _importBundledLibrary():
     return LiverTumorLRPLib
 
 
-def _forgetLibrary(package: str = "LiverTumorLRPLib", modules: Optional[dict] = None) -> list:
-    """Drop the library's modules from ``sys.modules`` (Reload): the reloaded module file then imports each of
-    them anew when first used, after the modules it imports itself (their dependency order), so no class of
-    the old code is left behind (``importlib.reload`` in name order would reload a module before the ones it
-    imports from).  Returns the names dropped."""
+def _forgetLibrary(packages=("LiverTumorLRPLib", "LiverTumorLRPModuleLib"), modules: Optional[dict] = None) -> list:
+    """Drop the modules of the library and of the module's own helper package (``LiverTumorLRPModuleLib``, in the
+    module's folder) from ``sys.modules`` (Reload): the reloaded module file then imports each of them anew when
+    first used, after the modules it imports itself (their dependency order), so no class of the old code is left
+    behind (``importlib.reload`` in name order would reload a module before the ones it imports from).  Returns
+    the names dropped."""
     modules = sys.modules if modules is None else modules
-    names = [n for n in list(modules) if n == package or n.startswith(package + ".")]
+    names = [n for n in list(modules) if any(n == p or n.startswith(p + ".") for p in packages)]
     for name in names:
         del modules[name]
     return names
@@ -75,7 +72,13 @@ def _forgetLibrary(package: str = "LiverTumorLRPLib", modules: Optional[dict] = 
 _importBundledLibrary()
 
 from LiverTumorLRPLib import slicer_deps  # noqa: E402  (no torch, no numpy: only what is installed)
-from LiverTumorLRPLib.sequences import SEQUENCE_KEYS  # noqa: E402  (no torch needed)
+# The module's helpers (LiverTumorLRPModuleLib/ beside this file); the names are also the module's (re-exported).
+from LiverTumorLRPModuleLib.dependencies import DependencyInstaller  # noqa: E402
+from LiverTumorLRPModuleLib.jobs import jobFolder, pythonSlicerExecutable, removeStaleJobFolders  # noqa: E402
+from LiverTumorLRPModuleLib.sampledata import (PHANTOM_SAMPLE, PHANTOM_SHAPE, PHANTOM_SPACING,  # noqa: E402, F401
+                                               PHANTOM_URI, phantomSampleFiles, phantomSampleUrl, registerSampleData)
+# Slicer's runTest and ctest (slicer.testing.runUnitTest) look for <Module>Test in this module.
+from LiverTumorLRPModuleLib.selftest import LiverTumorLRPTest  # noqa: E402, F401
 
 # Names of LiverTumorLRPLib.presets.PRESETS (kept here so that the module loads before torch is installed).
 PRESET_NAMES = ["recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-beta1", "epsilon-plus-flat",
@@ -84,10 +87,6 @@ PRESET_NAMES = ["recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-
 SEQUENCE_FIELDS = {"T2": "t2Volume", "T1_plain": "t1PlainVolume", "T1_20s": "t1_20sVolume",
                    "T1_60s": "t1_60sVolume", "T1_120s": "t1_120sVolume", "T1_15min": "t1_15minVolume"}
 HOMEPAGE = "https://github.com/LiverTumorLRP/SlicerLiverTumorLRP#readme"
-# The generated phantom case in the Sample Data module (its files are made on request, see phantomSampleFiles)
-PHANTOM_SAMPLE = "LiverTumorLRPPhantom"
-PHANTOM_URI = "phantom://LiverTumorLRP/seed0/"
-PHANTOM_SHAPE, PHANTOM_SPACING = (32, 96, 96), (4.0, 3.0, 3.0)
 
 
 #
@@ -122,116 +121,7 @@ segmentation. Medical Imaging with Deep Learning (MIDL) 2019, extended abstract.
 def onStartupCompleted():
     """Once Slicer has started: remove the job folders a crashed Slicer or worker left, offer the sample."""
     removeStaleJobFolders()
-    registerSampleData()
-
-
-def jobFolder() -> Optional[str]:
-    """Where worker jobs write their files: Slicer's temporary folder (Application settings), else the system's."""
-    app = getattr(slicer, "app", None)
-    path = getattr(app, "temporaryPath", None) if app is not None else None
-    return path or None
-
-
-def removeStaleJobFolders() -> list:
-    """Remove the job folders of workers that no longer run, left by a crash or a kill (logged)."""
-    folder = jobFolder()
-    if not folder:
-        return []
-    from LiverTumorLRPLib.worker import remove_stale_job_folders
-
-    try:
-        return remove_stale_job_folders(folder)
-    except Exception as exc:  # never in the way of start-up
-        logging.warning(f"LiverTumorLRP: could not check {folder} for stale job folders: {exc}")
-        return []
-
-
-def phantomSampleFiles(folder: str, seed: int = 0, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING) -> dict:
-    """The phantom case as files for the Sample Data module (made once): file name -> (path, node name, type).
-
-    Six NRRD volumes named as :func:`LiverTumorLRPLib.slicer_logic.add_phantom_case` names them (so the inputs
-    are assigned automatically) and the reference tumor as a labelmap loaded as a segmentation.
-    """
-    from LiverTumorLRPLib.case_io import write_image
-    from LiverTumorLRPLib.mrml.inputs import PHANTOM_NAMES
-    from LiverTumorLRPLib.phantom import generate_case
-
-    files = {f"{PHANTOM_SAMPLE}-{key}.nrrd": (f"Phantom {PHANTOM_NAMES[key]}", "VolumeFile") for key in SEQUENCE_KEYS}
-    files[f"{PHANTOM_SAMPLE}-reference.nrrd"] = ("Phantom reference", "SegmentationFile")
-    out = {name: (os.path.join(folder, name), node, kind) for name, (node, kind) in files.items()}
-    if not all(os.path.isfile(path) for path, _node, _kind in out.values()):
-        import numpy as np
-
-        case = generate_case(seed, shape=shape, spacing=spacing)
-        reference = case.reference()
-        os.makedirs(folder, exist_ok=True)
-        for key in SEQUENCE_KEYS:
-            write_image(case.images[key], reference, out[f"{PHANTOM_SAMPLE}-{key}.nrrd"][0], dtype=np.float32)
-        write_image((case.label > 0).astype(np.uint8), reference, out[f"{PHANTOM_SAMPLE}-reference.nrrd"][0],
-                    dtype=np.uint8)
-    return out
-
-
-def phantomSampleUrl(url: str, folder: Optional[str] = None, ensure=None) -> str:
-    """Sample Data URL rewrite rule (Slicer >= 5.10): ``phantom://LiverTumorLRP/seed0/<file>`` -> the ``file://``
-    URL of that file, made on first use (``ensure()``: the dependencies; False leaves the URL as it is).
-    Any other URL is returned unchanged."""
-    if not url.startswith(PHANTOM_URI):
-        return url
-    if ensure is not None and not ensure():
-        return url
-    import pathlib
-
-    folder = folder or os.path.join(jobFolder() or tempfile.gettempdir(), "LiverTumorLRP-phantom")
-    files = phantomSampleFiles(folder)
-    name = url[len(PHANTOM_URI):]
-    if name not in files:
-        raise ValueError(f"unknown phantom sample file {name!r}")
-    return pathlib.Path(files[name][0]).resolve().as_uri()
-
-
-def registerSampleData():
-    """Offer the generated phantom case in the Sample Data module, when it exists: its button (a custom
-    downloader) and, on Slicer >= 5.10, ``SampleData.downloadSample("LiverTumorLRPPhantom")`` too (a URL rewrite
-    rule turns its ``phantom://`` URIs into files made on request)."""
-    try:
-        import SampleData
-    except ImportError:
-        return
-    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
-
-    def loadPhantom(*args, **kwargs):
-        with slicer.util.tryWithErrorDisplay(_("Failed to load the phantom case."), waitCursor=False):
-            logic = LiverTumorLRPLogic()
-            if not logic.ensureDependencies(slicer_deps.PHANTOM):
-                return None
-            with slicer.util.WaitCursor():
-                nodes = logic.loadPhantomCase()
-            return list(nodes.values())
-        return None
-
-    def ensure():
-        return LiverTumorLRPLogic().ensureDependencies(slicer_deps.PHANTOM)
-
-    names = [f"{PHANTOM_SAMPLE}-{key}.nrrd" for key in SEQUENCE_KEYS] + [f"{PHANTOM_SAMPLE}-reference.nrrd"]
-    from LiverTumorLRPLib.mrml.inputs import PHANTOM_NAMES
-
-    nodeNames = [f"Phantom {PHANTOM_NAMES[key]}" for key in SEQUENCE_KEYS] + ["Phantom reference"]
-    try:
-        logic = SampleData.SampleDataLogic
-        logic.registerCustomSampleDataSource(
-            category="Liver Tumor LRP", sampleName=PHANTOM_SAMPLE,
-            thumbnailFileName=os.path.join(iconsPath, "LiverTumorLRP.png"),
-            uris=[PHANTOM_URI + n for n in names], fileNames=names, nodeNames=nodeNames,
-            loadFileTypes=["VolumeFile"] * len(SEQUENCE_KEYS) + ["SegmentationFile"],
-            customDownloader=loadPhantom)
-        if hasattr(logic, "registerUrlRewriteRule"):
-            logic.registerUrlRewriteRule("LiverTumorLRPPhantom", lambda url: phantomSampleUrl(url, ensure=ensure))
-        else:  # Slicer 5.8: only the Sample Data button makes the phantom
-            logging.info("LiverTumorLRP: this Sample Data module has no URL rewrite rules; the phantom case "
-                         "loads from its button or the module's 'Load phantom case'")
-    except Exception as exc:  # an older/newer SampleData API: the module's own button still works
-        logging.warning(f"LiverTumorLRP: could not register the phantom sample data: {exc}")
+    registerSampleData(LiverTumorLRPLogic)
 
 
 #
@@ -538,131 +428,15 @@ class LiverTumorLRPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 # LiverTumorLRPLogic
 #
 
-# Shared by every logic instance (the widget's, the Sample Data loader's): ask once, install once.
-_DEPENDENCIES = {"installing": False}
-
-
-def pythonSlicerExecutable() -> str:
-    """Slicer's own Python (``PythonSlicer``), which runs the worker process."""
-    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-    path = shutil.which("PythonSlicer") or os.path.join(slicer.app.slicerHome, "bin", name)
-    if not os.path.isfile(path):
-        raise RuntimeError(f"cannot find {name} (looked on PATH and in {slicer.app.slicerHome}/bin)")
-    return path
-
-
-def _slicerPackaging():
-    """``slicer.packaging`` of Slicer >= 5.11, whose ``pip_install`` takes a constraints file and shows its own
-    progress and error dialogs (so none of ours around it); None on older Slicer."""
-    try:
-        from slicer import packaging
-    except ImportError:
-        return None
-    import inspect
-
-    install = getattr(packaging, "pip_install", None)
-    try:
-        return packaging if install is not None and "constraints" in inspect.signature(install).parameters else None
-    except (TypeError, ValueError):
-        return None
-
-
-class _InstallFailed(Exception):
-    """An install step failed; ``shown``: Slicer has already shown the error (its own dialog, with the log)."""
-
-    def __init__(self, message: str, shown: bool = False):
-        super().__init__(message)
-        self.shown = shown
-
-
-class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
-    """Module logic: builds worker jobs from the parameter node; the MRML work is in LiverTumorLRPLib.mrml."""
+class LiverTumorLRPLogic(ScriptedLoadableModuleLogic, DependencyInstaller):
+    """Module logic: builds worker jobs from the parameter node; the MRML work is in LiverTumorLRPLib.mrml.
+    Installing the dependencies (``missingPackages``, ``ensureDependencies``): see ``DependencyInstaller``."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return LiverTumorLRPParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def missingPackages(names=None) -> list:
-        """The requirements not met (absent or too old), e.g. ``["torch>=2.1 (installed: 1.13.1)"]``; read from
-        the installed packages' metadata, nothing imported (torch is never imported in Slicer's process)."""
-        return [m.describe() for m in slicer_deps.missing(slicer_deps.requirements(names))]
-
-    def ensureDependencies(self, names=None) -> bool:
-        """Install what is missing or too old (default: torch and the worker's packages); True when all are met.
-
-        One confirmation that lists every package, asked before any wait cursor (none in testing mode); then
-        torch (through light-the-torch as the PyTorch extension does when it is present, without torchvision;
-        else pip), the other packages with pip, all under constraints that keep Slicer's numpy, SimpleITK and
-        vtk; torch is then checked in a separate PythonSlicer process.  A second call while installing (a
-        second click) returns False at once.
-        """
-        missing = slicer_deps.missing(slicer_deps.requirements(names))
-        if not missing:
-            return True
-        if _DEPENDENCIES["installing"]:
-            logging.info("LiverTumorLRP: the dependencies are being installed")
-            return False
-        plan = slicer_deps.install_plan(missing, torch_utils=importlib.util.find_spec("PyTorchUtils") is not None)
-        if not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
-                slicer_deps.question(plan), _("Liver Tumor LRP: install Python packages")):
-            return False
-        _DEPENDENCIES["installing"] = True
-        try:
-            self.install(plan)
-        except Exception as exc:  # one message: ours, unless Slicer's pip dialog has shown it already
-            logging.error(f"LiverTumorLRP: installing {', '.join(p.describe() for p in missing)} failed: {exc}")
-            if not getattr(exc, "shown", False):
-                slicer.util.errorDisplay(_("Liver Tumor LRP: installing the Python packages failed: {error}").format(
-                    error=exc))
-            return False
-        finally:
-            _DEPENDENCIES["installing"] = False
-        still = self.missingPackages(names)
-        if still:
-            slicer.util.errorDisplay(_("Liver Tumor LRP: still missing after the installation: {packages}; see the "
-                                       "Python console.").format(packages=", ".join(still)))
-        return not still
-
-    def install(self, plan) -> None:
-        """Carry out a :class:`slicer_deps.InstallPlan` (no question asked here)."""
-        constraints = slicer_deps.write_constraints(jobFolder() or tempfile.gettempdir())
-        if plan.torch is not None:
-            if plan.use_ltt:
-                if plan.ltt_needed:
-                    self._pipInstall([slicer_deps.LIGHT_THE_TORCH], constraints)
-                self._runPythonModule("light_the_torch", slicer_deps.ltt_args(plan.torch, constraints))
-            else:
-                self._pipInstall([plan.torch], constraints)
-        if plan.pip:
-            self._pipInstall(plan.pip, constraints)
-        if plan.torch is not None:
-            with slicer.util.WaitCursor():
-                info = slicer_deps.check_torch(pythonSlicerExecutable(), plan.torch)
-            logging.info(f"LiverTumorLRP: PyTorch {info['version']} works "
-                         f"({'CUDA available' if info['cuda'] else 'CPU only'})")
-
-    @staticmethod
-    def _pipInstall(requirements: list, constraints: str) -> None:
-        packaging = _slicerPackaging()
-        if packaging is not None:  # Slicer >= 5.11: its own progress dialog, and error dialog with the log
-            try:
-                packaging.pip_install(list(requirements), constraints=constraints, requester=_("Liver Tumor LRP"))
-            except Exception as exc:
-                raise _InstallFailed(f"pip install {' '.join(requirements)}: {exc}",
-                                     shown=not slicer.app.testingEnabled()) from exc
-            return
-        with slicer.util.WaitCursor():
-            slicer.util.pip_install(slicer_deps.pip_args(requirements, constraints))
-
-    @staticmethod
-    def _runPythonModule(module: str, args: list) -> None:
-        """``PythonSlicer -m module args`` (a separate process, its console hidden), blocking."""
-        run = getattr(slicer.util, "executePythonModule", None) or slicer.util._executePythonModule
-        with slicer.util.WaitCursor():
-            run(module, args)
 
     @staticmethod
     def _lib():
@@ -731,122 +505,3 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic):
                                               temp_dir=jobFolder()).run()
         self.showResult(relevance)
         return segmentation, relevance
-
-
-#
-# LiverTumorLRPTest
-#
-
-class LiverTumorLRPTest(ScriptedLoadableModuleTest):
-    """Installs the dependencies (testing mode: no questions), then segment, explain and sequence relevance in the
-    worker process on a phantom case with the bundled model."""
-
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        for name in sorted(n for n in dir(self) if n.startswith("test_")):
-            self.setUp()
-            getattr(self, name)()
-
-    def _phantom(self):
-        return LiverTumorLRPLogic().loadPhantomCase(seed=0)
-
-    def _assertSameGeometry(self, a, b):
-        ijkToRasA, ijkToRasB = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        a.GetIJKToRASMatrix(ijkToRasA)
-        b.GetIJKToRASMatrix(ijkToRasB)
-        for i in range(4):
-            for j in range(4):
-                self.assertAlmostEqual(ijkToRasA.GetElement(i, j), ijkToRasB.GetElement(i, j), places=4)
-        self.assertEqual(a.GetImageData().GetDimensions(), b.GetImageData().GetDimensions())
-
-    def test_01_phantom_needs_no_torch(self):
-        self.delayDisplay("Phantom case (numpy, scipy, SimpleITK only)")
-        logic = LiverTumorLRPLogic()
-        self.assertTrue(logic.ensureDependencies(slicer_deps.PHANTOM))
-        hadTorch = "torch" in sys.modules
-        nodes = self._phantom()
-        self.assertEqual(sorted(nodes), sorted(SEQUENCE_KEYS))
-        self.assertEqual(sorted(LiverTumorLRPLogic._lib().assign_sequences()), sorted(SEQUENCE_KEYS))
-        if not hadTorch:
-            self.assertNotIn("torch", sys.modules)
-
-    def test_02_dependencies_install_without_asking(self):
-        self.delayDisplay("Dependencies (installed without a question in testing mode; torch never imported here)")
-        hadTorch = "torch" in sys.modules
-        self.assertTrue(LiverTumorLRPLogic().ensureDependencies())
-        self.assertEqual(LiverTumorLRPLogic.missingPackages(), [])
-        info = slicer_deps.check_torch(pythonSlicerExecutable())      # imported in a separate process
-        self.assertTrue(slicer_deps.satisfied(slicer_deps.REQUIREMENTS["torch"], info["version"]))
-        if not hadTorch:
-            self.assertNotIn("torch", sys.modules)
-
-    def _run(self, job):
-        job.start()
-        self.assertIsNotNone(job.worker.process.pid)
-        fractions = []
-        while not job.poll():
-            fractions.append(job.fraction)
-            slicer.app.processEvents()
-            qt.QThread.msleep(50)
-        self.assertEqual(job.state, "done", job.error)
-        self.assertFalse(os.path.exists(job.job_dir))
-        return job.result
-
-    def test_03_segment_explain_sequence_relevance_in_worker(self):
-        self.delayDisplay("Segment, explain and sequence relevance in the worker process")
-        logic = LiverTumorLRPLogic()
-        self.assertTrue(logic.ensureDependencies())
-        lib = logic._lib()
-        nodes = self._phantom()
-        python = pythonSlicerExecutable()
-        job = lib.segment_job(nodes, "bundled", "cpu", python=python, temp_dir=jobFolder())
-        seg = self._run(job)
-        self.assertEqual(os.path.dirname(job.job_dir), os.path.normpath(slicer.app.temporaryPath))
-        self.assertTrue(seg.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Tumor"))
-        self.assertGreater(seg.n_tumor, 0)
-        self._assertSameGeometry(seg.probability, nodes["T1_15min"])
-        for job in (lib.explain_region_job(nodes, "bundled", lib.Region("predicted tumor"), "tumor", device="cpu",
-                                           python=python, temp_dir=jobFolder()),
-                    lib.analyze_sequences_job(nodes, "bundled", device="cpu", python=python, temp_dir=jobFolder())):
-            result = self._run(job)
-            self.assertEqual(set(result.volumes), set(SEQUENCE_KEYS))
-            for key, node in result.volumes.items():
-                self._assertSameGeometry(node, nodes[key])
-            self.assertAlmostEqual(float(sum(result.shares)), 1.0, places=5)
-            self.assertEqual(result.table.GetTable().GetNumberOfRows(), 6)
-            self.assertEqual(result.chart.GetNumberOfPlotSeriesNodes(), 6)
-            logic.showResult(result)
-            for node in result.volumes.values():
-                legend = slicer.modules.colors.logic().GetColorLegendDisplayNode(node)
-                self.assertIsNotNone(legend)
-                self.assertTrue(legend.GetVisibility2D())
-
-    def test_04_cancel_adds_nothing(self):
-        self.delayDisplay("Cancel: the worker process is stopped, nothing is added")
-        self.assertTrue(LiverTumorLRPLogic().ensureDependencies())
-        lib = LiverTumorLRPLogic._lib()
-        nodes = self._phantom()
-        before = slicer.mrmlScene.GetNumberOfNodes()
-        job = lib.analyze_sequences_job(nodes, "bundled", device="cpu", python=pythonSlicerExecutable()).start()
-        jobDir = job.job_dir
-        job.cancel()
-        self.assertEqual(job.state, "cancelled")
-        self.assertIsNotNone(job.worker.process.poll())
-        self.assertFalse(os.path.exists(jobDir))
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
-
-    def test_05_phantom_through_sample_data(self):
-        self.delayDisplay("The phantom case through SampleData.downloadSample (Slicer >= 5.10)")
-        import SampleData
-
-        if not hasattr(SampleData.SampleDataLogic, "registerUrlRewriteRule"):
-            self.delayDisplay("This Sample Data module has no URL rewrite rules: the button only")
-            return
-        self.assertTrue(LiverTumorLRPLogic().ensureDependencies(slicer_deps.PHANTOM))
-        nodes = SampleData.downloadSamples(PHANTOM_SAMPLE)
-        self.assertEqual(len(nodes), len(SEQUENCE_KEYS) + 1)
-        self.assertEqual(sorted(LiverTumorLRPLogic._lib().assign_sequences()), sorted(SEQUENCE_KEYS))
-        self.assertTrue(nodes[-1].IsA("vtkMRMLSegmentationNode"))
-        self.delayDisplay("Test passed")

@@ -1,6 +1,8 @@
 """Static checks of the Slicer module: .ui widgets and bindings, module classes (no Qt needed; packaging: see
-test_packaging.py)."""
+test_packaging.py).  The module is LiverTumorLRP/LiverTumorLRP.py and its helper package LiverTumorLRPModuleLib/
+(dependencies, job folders, sample data, self-test)."""
 import ast
+import glob
 import os
 import re
 import sys
@@ -11,6 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(ROOT, "LiverTumorLRP", "LiverTumorLRP.py")
+HELPERS = os.path.join(ROOT, "LiverTumorLRP", "LiverTumorLRPModuleLib")
 UI = os.path.join(ROOT, "LiverTumorLRP", "Resources", "UI", "LiverTumorLRP.ui")
 WIDGET_CLASS = re.compile(r"^(Q[A-Z]\w+|ctk[A-Z]\w+|qMRML\w+|qSlicer\w+)$")
 
@@ -24,6 +27,24 @@ def ui():
 def tree():
     with open(MODULE) as f:
         return ast.parse(f.read())
+
+
+def parse(path):
+    with open(path) as f:
+        return ast.parse(f.read(), filename=path)
+
+
+@pytest.fixture(scope="module")
+def helpers():
+    """The helper package's modules: name (``jobs``, ``selftest`` ...) -> syntax tree."""
+    files = sorted(glob.glob(os.path.join(HELPERS, "*.py")))
+    return {os.path.splitext(os.path.basename(p))[0]: parse(p) for p in files}
+
+
+@pytest.fixture(scope="module")
+def module_code(tree, helpers):
+    """The module file and its helper package as one syntax tree (for checks of what any of them does)."""
+    return ast.Module([*tree.body, *(n for h in helpers.values() for n in h.body)], [])
 
 
 def widgets(ui):
@@ -45,8 +66,8 @@ def test_ui_root_is_qmrmlwidget_with_collapsible_sections(ui):
     assert sum(c == "ctkCollapsibleButton" for c in widgets(ui).values()) >= 4
 
 
-def test_every_ui_attribute_used_exists(ui, tree):
-    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+def test_every_ui_attribute_used_exists(ui, module_code):
+    used = {n.attr for n in ast.walk(module_code) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
             and n.value.attr == "ui" and isinstance(n.value.value, ast.Name) and n.value.value.id == "self"}
     assert used, "the module uses no self.ui.<name>"
     known = widgets(ui)
@@ -97,20 +118,40 @@ def test_node_selectors_follow_the_scene(ui):
     assert combos <= connected
 
 
-def test_module_defines_the_four_classes(tree):
-    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+def classes_of(tree):
+    return {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+
+
+def test_module_defines_the_four_classes(tree, helpers):
+    """Module, widget and logic in the module file; the test class in the helper package, imported into the module
+    (Slicer's ScriptedLoadableModule.runTest and slicer.testing.runUnitTest look for <Module>Test there)."""
+    classes = classes_of(tree)
     assert classes["LiverTumorLRP"] == ["ScriptedLoadableModule"]
     assert classes["LiverTumorLRPWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    assert classes["LiverTumorLRPLogic"] == ["ScriptedLoadableModuleLogic"]
-    assert classes["LiverTumorLRPTest"] == ["ScriptedLoadableModuleTest"]
-    tests = [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    assert classes["LiverTumorLRPLogic"] == ["ScriptedLoadableModuleLogic", "DependencyInstaller"]
+    assert classes_of(helpers["dependencies"])["DependencyInstaller"] == []
+    assert classes_of(helpers["selftest"])["LiverTumorLRPTest"] == ["ScriptedLoadableModuleTest"]
+    imported = {(n.module, a.name) for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert ("LiverTumorLRPModuleLib.selftest", "LiverTumorLRPTest") in imported
+    tests = [n.name for n in ast.walk(helpers["selftest"]) if isinstance(n, ast.FunctionDef)
+             and n.name.startswith("test_")]
     assert len(tests) >= 2
 
 
-def test_module_imports_no_torch_at_top_level(tree):
-    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
-    assert not {"torch", "LiverTumorLRPLib.slicer_logic", "LiverTumorLRPLib.explain"} & names
+def test_helpers_import_the_module_file_only_when_they_run(helpers):
+    """No import cycle: the module file imports the helper package, which imports the module (for its logic)
+    only inside functions, after the module has loaded."""
+    for name, helper in helpers.items():
+        top = [n for n in helper.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
+        assert "LiverTumorLRP" not in names, name
+
+
+def test_module_imports_no_torch_at_top_level(tree, helpers):
+    for code in (tree, *helpers.values()):
+        top = [n for n in code.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
+        assert not {"torch", "LiverTumorLRPLib.slicer_logic", "LiverTumorLRPLib.explain"} & names
 
 
 def test_preset_names_match_the_library(tree):
@@ -142,7 +183,7 @@ def exec_functions(tree, names, namespace):
     """The module's top-level functions ``names``, run from its source (the rest of it needs Qt)."""
     funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
     assert sorted(f.name for f in funcs) == sorted(names)
-    exec(compile(ast.Module(funcs, []), MODULE, "exec"), namespace)
+    exec(compile(ast.Module(funcs, []), "<module functions>", "exec"), namespace)
     return namespace
 
 
@@ -162,9 +203,10 @@ def test_module_texts_are_marked_for_translation(tree):
     assert values["acknowledgementText"].startswith("_(")
 
 
-def test_dependencies_never_import_torch_in_slicer(tree):
+def test_dependencies_never_import_torch_in_slicer(module_code):
     """One question (ours), no PyTorchUtils.installTorch (its own dialog, torchvision, torch imported in Slicer's
     process); on Slicer >= 5.11 pip's own dialogs are not doubled by a wait cursor or a second error."""
+    tree = module_code
     names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {
         n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
@@ -189,32 +231,45 @@ def test_dependencies_never_import_torch_in_slicer(tree):
 
 
 def test_reload_drops_every_library_module(tree):
-    """Reload drops the library's modules, so the reloaded module file imports each anew after what it imports."""
+    """Reload drops the library's modules and the module's helper package, so the reloaded module file imports
+    each anew after what it imports (Slicer's reloadScriptedModule runs the module file again, nothing else)."""
     ns = exec_functions(tree, ["_forgetLibrary"], {"sys": sys, "Optional": typing.Optional})
+    reload = ast.unparse(module_function(tree, "onReload"))
+    assert reload.index("_forgetLibrary()") < reload.index("super().onReload()")
+    packages = ("LiverTumorLRPLib", "LiverTumorLRPModuleLib")
+    sys.path.insert(0, os.path.dirname(HELPERS))
     import LiverTumorLRPLib.slicer_deps as old_deps
     import LiverTumorLRPLib.worker  # noqa: F401
+    import LiverTumorLRPModuleLib as old_helpers
 
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "LiverTumorLRPLib"}
-    fake = {"LiverTumorLRPLib": 1, "LiverTumorLRPLib.mrml.nodes": 2, "LiverTumorLRPLibOther": 3, "numpy": 4}
-    assert sorted(ns["_forgetLibrary"](modules=fake)) == ["LiverTumorLRPLib", "LiverTumorLRPLib.mrml.nodes"]
-    assert fake == {"LiverTumorLRPLibOther": 3, "numpy": 4}
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in packages}
+    fake = {"LiverTumorLRPLib": 1, "LiverTumorLRPLib.mrml.nodes": 2, "LiverTumorLRPLibOther": 3, "numpy": 4,
+            "LiverTumorLRPModuleLib": 5, "LiverTumorLRPModuleLib.selftest": 6, "LiverTumorLRP": 7}
+    assert sorted(ns["_forgetLibrary"](modules=fake)) == ["LiverTumorLRPLib", "LiverTumorLRPLib.mrml.nodes",
+                                                          "LiverTumorLRPModuleLib", "LiverTumorLRPModuleLib.selftest"]
+    assert fake == {"LiverTumorLRPLibOther": 3, "numpy": 4, "LiverTumorLRP": 7}
     try:
         dropped = ns["_forgetLibrary"]()
-        assert {"LiverTumorLRPLib", "LiverTumorLRPLib.slicer_deps", "LiverTumorLRPLib.worker"} <= set(dropped)
-        assert not [k for k in sys.modules if k.split(".")[0] == "LiverTumorLRPLib"]
+        assert {"LiverTumorLRPLib", "LiverTumorLRPLib.slicer_deps", "LiverTumorLRPLib.worker",
+                "LiverTumorLRPModuleLib"} <= set(dropped)
+        assert not [k for k in sys.modules if k.split(".")[0] in packages]
         import LiverTumorLRPLib.slicer_deps as new_deps
 
         assert new_deps is not old_deps and new_deps.Missing is not old_deps.Missing
         import LiverTumorLRPLib.worker as new_worker
 
         assert new_worker.WorkerProcess is not saved["LiverTumorLRPLib.worker"].WorkerProcess     # imported anew
+        import LiverTumorLRPModuleLib as new_helpers
+
+        assert new_helpers is not old_helpers          # imported anew
     finally:
-        for k in [k for k in sys.modules if k.split(".")[0] == "LiverTumorLRPLib"]:
+        for k in [k for k in sys.modules if k.split(".")[0] in packages]:
             del sys.modules[k]
         sys.modules.update(saved)
+        sys.path.remove(os.path.dirname(HELPERS))
 
 
-def test_phantom_sample_files_for_sample_data(tree, tmp_path):
+def test_phantom_sample_files_for_sample_data(helpers, tmp_path):
     """SampleData.downloadSample's path (Slicer >= 5.10): the phantom:// URIs become file:// URLs of files made on
     request, which load into MRML as Slicer loads them (six named volumes, the reference as a segmentation)."""
     import pathlib
@@ -225,6 +280,7 @@ def test_phantom_sample_files_for_sample_data(tree, tmp_path):
     from LiverTumorLRPLib.mrml.inputs import PHANTOM_NAMES
     from LiverTumorLRPLib.sequences import SEQUENCE_KEYS
 
+    tree = helpers["sampledata"]
     consts = module_constants(tree, "PHANTOM_SAMPLE", "PHANTOM_URI", "PHANTOM_SHAPE", "PHANTOM_SPACING")
     ns = exec_functions(tree, ["phantomSampleFiles", "phantomSampleUrl"],
                         {"os": os, "tempfile": None, "Optional": typing.Optional, "SEQUENCE_KEYS": SEQUENCE_KEYS,

@@ -12,6 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(ROOT, "LiverTumorLRP", "LiverTumorLRP.py")
+MODULE_DIR = os.path.join(ROOT, "LiverTumorLRP")
 MODULE_CMAKE = os.path.join(ROOT, "LiverTumorLRP", "CMakeLists.txt")
 ENTRY = os.path.join(ROOT, "ExtensionsIndex", "LiverTumorLRP.json")
 LIB_DIR = "lib/Slicer/qt-scripted-modules"     # stands for Slicer_QTSCRIPTEDMODULES_LIB_DIR
@@ -84,11 +85,17 @@ def tree_files(*folders) -> set:
     return found
 
 
+def module_folder_files() -> set:
+    """Every file of the module's folder but its CMakeLists.txt, relative to that folder: the module file, its helper
+    package (LiverTumorLRPModuleLib/) and its Resources/ (icon, .ui)."""
+    return {os.path.relpath(p, "LiverTumorLRP") for p in tree_files("LiverTumorLRP")} - {"CMakeLists.txt"}
+
+
 def expected_package() -> set:
-    """What the Slicer package must hold beside the module: the module, every file of the library and of the
-    root Resources/ (bundled model, model card) at its path in the repository, the module's own Resources/."""
-    module_resources = {os.path.relpath(p, "LiverTumorLRP") for p in tree_files("LiverTumorLRP/Resources")}
-    return {"LiverTumorLRP.py"} | tree_files("LiverTumorLRPLib", "Resources") | module_resources
+    """What the Slicer package must hold beside the module: every file of the module's folder at its path there
+    (the module, its helper package, its Resources/), every file of the library and of the root Resources/
+    (bundled model, model card) at its path in the repository."""
+    return module_folder_files() | tree_files("LiverTumorLRPLib", "Resources")
 
 
 def cmake_install(tmp_path, module_dir) -> set:
@@ -113,9 +120,10 @@ def test_cmake_packages_every_file_of_the_library_and_its_resources(tmp_path):
     # what must be among them (a check that the walk itself found the tree)
     assert {"LiverTumorLRPLib/__init__.py", "LiverTumorLRPLib/mrml/__init__.py", "LiverTumorLRPLib/web/__init__.py",
             "Resources/Models/MODEL_CARD.md", "Resources/Icons/LiverTumorLRP.png",
-            "Resources/UI/LiverTumorLRP.ui"} <= expected
+            "Resources/UI/LiverTumorLRP.ui", "LiverTumorLRP.py", "LiverTumorLRPModuleLib/__init__.py",
+            "LiverTumorLRPModuleLib/selftest.py"} <= expected
     packages = {os.path.dirname(p) for p in expected if p.endswith("/__init__.py")}
-    assert {p.replace(".", "/") for p in subpackages()} == packages          # every sub-package is in it
+    assert {p.replace(".", "/") for p in subpackages()} | {"LiverTumorLRPModuleLib"} == packages   # every package
     installed = cmake_install(tmp_path, os.path.join(ROOT, "LiverTumorLRP"))
     assert installed == expected, (f"not packaged: {sorted(expected - installed)}; "
                                    f"not in the tree: {sorted(installed - expected)}")
@@ -133,6 +141,30 @@ def test_the_cmake_check_catches_a_left_out_file(tmp_path):
     installed = cmake_install(tmp_path / "check", module_dir)
     missing = expected_package() - installed
     assert "LiverTumorLRPLib/web/__init__.py" in missing and "Resources/Models/MODEL_CARD.md" in missing
+
+
+def test_the_cmake_check_catches_a_left_out_module_file(tmp_path):
+    """The module's CMake with the module file alone in SCRIPTS (as it was before the helper package) fails the
+    comparison: every Python file of the module's folder must be packaged."""
+    module_dir = tmp_path / "LiverTumorLRP"
+    shutil.copytree(MODULE_DIR, module_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    os.symlink(os.path.join(ROOT, "LiverTumorLRPLib"), tmp_path / "LiverTumorLRPLib")
+    os.symlink(os.path.join(ROOT, "Resources"), tmp_path / "Resources")
+    text = (module_dir / "CMakeLists.txt").read_text()
+    glob_block = re.compile(r"file\(GLOB_RECURSE MODULE_PYTHON_SCRIPTS .*?\n  \)\n", re.S)
+    assert len(glob_block.findall(text)) == 1, "the module's CMake no longer globs its Python files as expected"
+    (module_dir / "CMakeLists.txt").write_text(glob_block.sub("set(MODULE_PYTHON_SCRIPTS ${MODULE_NAME}.py)\n", text))
+    missing = expected_package() - cmake_install(tmp_path / "check", module_dir)
+    helpers = {p for p in module_folder_files() if p.startswith("LiverTumorLRPModuleLib/") and p.endswith(".py")}
+    assert helpers and missing == helpers
+
+
+def test_the_module_file_is_the_only_python_file_at_the_top_of_its_folder():
+    """Slicer loads every .py file at the top of a module folder (qt-scripted-modules/) as a scripted module of its
+    own; the module's other Python files belong in its helper package."""
+    top = sorted(n for n in os.listdir(MODULE_DIR) if n.endswith(".py"))
+    assert top == ["LiverTumorLRP.py"], top
+    assert os.path.isfile(os.path.join(MODULE_DIR, "LiverTumorLRPModuleLib", "__init__.py"))
 
 
 # The module's CMake of issue 25 (abridged): every .py file listed, the model files copied by hand.
@@ -235,7 +267,9 @@ def test_extension_metadata_conventions():
     urls = {k: v for k, v in settings.items() if k.endswith(("URL", "URLS"))}
     assert set(urls) == {"EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"}
     homepage = settings["EXTENSION_HOMEPAGE"]
-    module = open(MODULE).read()
+    module = "\n".join(open(os.path.join(ROOT, p)).read() for p in sorted(tree_files("LiverTumorLRP"))
+                       if p.endswith(".py"))   # the module file and its helper package
+    assert homepage in open(MODULE).read()
     assert homepage.startswith("https://") and homepage in module    # helpText links the same README
     assert "placeholder" not in module.lower() and 'href="https://github.com/"' not in module
     if "PyTorchUtils" in module:

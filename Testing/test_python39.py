@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = sorted([os.path.join(ROOT, "LiverTumorLRP", "LiverTumorLRP.py"),
+FILES = sorted([*glob.glob(os.path.join(ROOT, "LiverTumorLRP", "**", "*.py"), recursive=True),   # module, helpers
                 *glob.glob(os.path.join(ROOT, "LiverTumorLRPLib", "**", "*.py"), recursive=True)])
 # names that Python 3.9's standard library does not have
 TYPING_310 = {"TypeAlias", "ParamSpec", "ParamSpecArgs", "ParamSpecKwargs", "Concatenate", "TypeGuard",

@@ -227,8 +227,11 @@ def test_module_imports_the_bundled_library_ahead_of_an_installed_one(tmp_path):
 
 
 def _sources():
-    module = os.path.join(ROOT, "LiverTumorLRP", "LiverTumorLRP.py")
-    return [module, *sorted(glob.glob(os.path.join(ROOT, "LiverTumorLRPLib", "mrml", "*.py"))),
+    """The code that runs in Slicer's process: the module's folder (the module file and its helper package), the
+    library's MRML code."""
+    module = sorted(glob.glob(os.path.join(ROOT, "LiverTumorLRP", "**", "*.py"), recursive=True))
+    assert os.path.join(ROOT, "LiverTumorLRP", "LiverTumorLRP.py") in module
+    return [*module, *sorted(glob.glob(os.path.join(ROOT, "LiverTumorLRPLib", "mrml", "*.py"))),
             os.path.join(ROOT, "LiverTumorLRPLib", "slicer_logic.py")]
 
 
