@@ -47,6 +47,21 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every front end on one thread, this process and the worker processes alike: torch's results then do not
+    depend on how many threads an earlier test left torch with (its sums are ordered by thread count)."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
 @pytest.fixture(scope="module", params=list(CASES))
 def setup(request, tmp_path_factory):
     spec = CASES[request.param]
