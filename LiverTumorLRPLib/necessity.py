@@ -168,7 +168,7 @@ def agreement(shares, shapley: dict, channels: Sequence[str], display_names: Seq
                    "relevance ranking cannot be checked against what the model needs")
     elif rho < DISAGREE_RHO or not same_top:
         warning = (f"the relevance ranking disagrees with what the model needs (Spearman rho {rho:+.2f} with the "
-                   f"Shapley values of Dice): relevance ranks {display_names[top_rel]} first, the Dice loss "
-                   f"{display_names[top_need]}")
+                   f"Shapley values of Dice): relevance ranks {display_names[top_rel]} first, the segmentation "
+                   f"needs {display_names[top_need]} most")
     return {"spearman": rho, "same_top": same_top, "top_relevance": channels[top_rel],
             "top_necessity": channels[top_need], "warning": warning}

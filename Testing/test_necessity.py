@@ -127,7 +127,7 @@ def test_disagreement_is_flagged():
     assert agree["same_top"] and agree["spearman"] > 0.5 and agree["warning"] is None
     against = agreement([0.05, 0.05, 0.6, 0.1, 0.1, 0.1], phi, SEQUENCE_KEYS, DISPLAY_NAMES)
     assert not against["same_top"] and against["spearman"] < 0.5
-    assert "relevance ranks T1 20 s first, the Dice loss T2" in against["warning"]
+    assert "relevance ranks T1 20 s first, the segmentation needs T2 most" in against["warning"]
     flat = agreement([0.2] * 6, dict.fromkeys(SEQUENCE_KEYS, 0.0), SEQUENCE_KEYS, DISPLAY_NAMES)
     assert flat["spearman"] is None and flat["same_top"] is None and "cannot be checked" in flat["warning"]
 
