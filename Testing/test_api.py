@@ -88,3 +88,8 @@ def test_moved_names_warn():
         assert unet.save_model is models.save_model
     with pytest.warns(DeprecationWarning, match="models.load_unet"):
         assert unet.load_unet is models.load_unet
+    from LiverTumorLRPLib import slicer_logic
+
+    net = torch.nn.Conv3d(6, 2, 1)
+    with pytest.warns(DeprecationWarning, match="cached_model"):
+        assert slicer_logic.get_model(net) is net

@@ -16,6 +16,10 @@ from .nodes import ExplanationResult, SegmentResult, write_explanation, write_se
 
 def get_model(spec="bundled"):
     """Deprecated name of :func:`LiverTumorLRPLib.models.cached_model`."""
+    import warnings
+
+    warnings.warn("slicer_logic.get_model is deprecated; use LiverTumorLRPLib.models.cached_model",
+                  DeprecationWarning, stacklevel=2)
     return cached_model(spec)
 
 
