@@ -192,6 +192,8 @@ class ReferenceLRP(LRP):
             if isinstance(m, HEAD_TYPES):
                 y_ref = drop_head(model, name, m, out, y_id, keep)
             elif isinstance(m, SECANT_TYPES):
+                if getattr(m, "inplace", False):    # e.g. nnU-Net's LeakyReLU(inplace=True): x and x_ref both needed
+                    m.inplace = False
                 set_module(model, name, _Secant(m, self.state))
             elif isinstance(m, MAXPOOL_TYPES):
                 set_module(model, name, _ArgmaxPool(m, self.state))
