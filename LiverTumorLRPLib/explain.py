@@ -28,6 +28,7 @@ from .lrp import LRP, as_lrp
 from .model_info import model_info
 from .lrp.presets import DEFAULT_PRESET
 from .progress import as_progress
+from .regions import choose_background, choose_regions, sec23_output_weights, sec23_weights  # noqa: F401 (API)
 from .shares import shares_of
 from .sequences import DISPLAY_NAMES, SEQUENCE_KEYS
 
@@ -408,65 +409,6 @@ def region_relevance_loop(model, x, region, *, cls="tumor", preset=DEFAULT_PRESE
 
 
 # ---- Sec. 2.3 --------------------------------------------------------------------------------------------------
-def choose_background(pred_tumor: np.ndarray, n: int, seed: int = 0, how: str = "random") -> np.ndarray:
-    """B: ``n`` predicted-background voxels, chosen reproducibly.
-
-    ``random``: uniformly at random (numpy Generator seeded with ``seed``) among all predicted-background
-    voxels; ``shell``: the ``n`` predicted-background voxels nearest to the predicted tumor (ties broken by
-    the same seeded random order).
-    """
-    rng = np.random.default_rng(seed)
-    candidates = np.flatnonzero(~pred_tumor)
-    if n > candidates.size:
-        raise ValueError(f"only {candidates.size} background voxels for {n} tumor voxels")
-    if how == "random":
-        chosen = rng.choice(candidates, size=n, replace=False)
-    elif how == "shell":
-        from scipy.ndimage import distance_transform_edt
-
-        dist = distance_transform_edt(~pred_tumor).ravel()[candidates]
-        order = np.lexsort((rng.permutation(candidates.size), dist))
-        chosen = candidates[order[:n]]
-    else:
-        raise ValueError(f"unknown background choice {how!r}; use 'random' or 'shell'")
-    out = np.zeros(pred_tumor.size, dtype=bool)
-    out[chosen] = True
-    return out.reshape(pred_tumor.shape)
-
-
-def choose_regions(pred_tumor: np.ndarray, seed: int = 0, background: str = "random",
-                   max_voxels: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sec. 2.3's regions (T, B): the predicted tumor (a seeded random subset when it has more than
-    ``max_voxels`` voxels or more than the background) and as many predicted-background voxels."""
-    n_pred = int(pred_tumor.sum())
-    if n_pred == 0:
-        raise ValueError("the model predicts no tumor voxels in this case, so there is no tumor region T to "
-                         "explain; sequence relevance (Sec. 2.3) needs a predicted tumor")
-    n = min(n_pred, int(pred_tumor.size - n_pred), max_voxels or n_pred)
-    if n == 0:
-        raise ValueError("the model predicts tumor everywhere; there is no background region B")
-    tumor = pred_tumor
-    if n < n_pred:
-        rng = np.random.default_rng(seed + 1)
-        idx = rng.choice(np.flatnonzero(pred_tumor), size=n, replace=False)
-        tumor = np.zeros(pred_tumor.size, dtype=bool)
-        tumor[idx] = True
-        tumor = tumor.reshape(pred_tumor.shape)
-    return tumor, choose_background(pred_tumor, n, seed, background)
-
-
-def _sec23_weights(pred: np.ndarray, lesion: int, tumor: np.ndarray, back: np.ndarray, n_classes: int) -> np.ndarray:
-    """Sec. 2.3's seed weights: T for the lesion class, each voxel of B for its predicted (non-lesion) class.
-    ``tumor``/``back`` may be weights in [0, 1] instead of masks (the expectation over random regions)."""
-    w = np.zeros((n_classes,) + pred.shape, dtype=np.float64)
-    w[lesion] = tumor
-    back_cls = np.where(pred == lesion, 0 if lesion != 0 else 1, pred)
-    for c in range(n_classes):
-        if c != lesion:
-            w[c] = np.where(back_cls == c, back, 0.0)
-    return w
-
-
 def _sequence_relevance(model, x, preset, device, seed, background, max_voxels, threshold, bounds, patch_size,
                         overlap, progress, cancel, regions=None, resamples: int = 0):
     """Sec. 2.3 for the first draw of (T, B) and, with ``resamples``, K draws and the exact expectation."""
@@ -491,13 +433,13 @@ def _sequence_relevance(model, x, preset, device, seed, background, max_voxels, 
         else:
             draws = [choose_regions(pred_tumor, seed + k, background, max_voxels) for k in range(max(resamples, 1))]
         chosen.update(draws=draws, n_pred=int(pred_tumor.sum()), expected=False)
-        sets = [_sec23_weights(pred, lesion, t, b, info.n_classes) for t, b in draws]
+        sets = [sec23_weights(pred, lesion, t, b, info.n_classes) for t, b in draws]
         if resamples and regions is None and background == "random":
             # E[M] over uniformly random regions: weight n/N on every candidate (M is linear in the seed)
             n = int(draws[0][0].sum())
             t = pred_tumor * (n / pred_tumor.sum())
             b = ~pred_tumor * (n / (~pred_tumor).sum())
-            sets.append(_sec23_weights(pred, lesion, t, b, info.n_classes))
+            sets.append(sec23_weights(pred, lesion, t, b, info.n_classes))
             chosen["expected"] = True
         return sets
 
@@ -593,5 +535,5 @@ def sequence_relevance_interval(model, x, *, preset=DEFAULT_PRESET, device="auto
 
 
 __all__ = ["relevance", "region_relevance", "region_relevance_loop", "weighted_relevance", "sequence_relevance",
-           "sequence_relevance_interval", "choose_background", "choose_regions", "RegionRelevance",
+           "sequence_relevance_interval", "sec23_output_weights", "choose_background", "choose_regions", "RegionRelevance",
            "SequenceRelevance", "SequenceRelevanceInterval", "Relevance", "shares_of", "LRP"]
