@@ -83,6 +83,8 @@ from LiverTumorLRPModuleLib.selftest import LiverTumorLRPTest  # noqa: E402, F40
 # Names of LiverTumorLRPLib.presets.PRESETS (kept here so that the module loads before torch is installed).
 PRESET_NAMES = ["recommended", "paper", "epsilon", "epsilon-gamma-box", "alpha2-beta1", "epsilon-plus-flat",
                 "reference-blur", "reference-mean"]
+# LiverTumorLRPLib.analysis.METHODS: sequence relevance by Shapley values of Sec. 2.3's output, or Sec. 2.3 exactly
+METHOD_NAMES = ["contribution", "paper"]
 # parameter field of each sequence's volume selector
 SEQUENCE_FIELDS = {"T2": "t2Volume", "T1_plain": "t1PlainVolume", "T1_20s": "t1_20sVolume",
                    "T1_60s": "t1_60sVolume", "T1_120s": "t1_120sVolume", "T1_15min": "t1_15minVolume"}
@@ -164,6 +166,7 @@ class LiverTumorLRPParameterNode:
     region: RegionChoice = RegionChoice.PREDICTED_TUMOR
     regionPoints: vtkMRMLMarkupsFiducialNode
     seed: Annotated[int, WithinRange(0, 1000000)] = 0
+    method: Annotated[str, Choice(METHOD_NAMES)] = "contribution"
 
 
 #
@@ -478,7 +481,8 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic, DependencyInstaller):
 
     def sequenceRelevanceJob(self, p, python=None):
         return self._lib().analyze_sequences_job(self.inputs(p), self.model(p), p.preset, p.device.value, p.seed,
-                                                 python=python or pythonSlicerExecutable(), temp_dir=jobFolder())
+                                                 python=python or pythonSlicerExecutable(), temp_dir=jobFolder(),
+                                                 method=p.method)
 
     def showResult(self, result) -> None:
         """After a job: Slicer's colour legend on each relevance map, drawn in the slice views that show it."""
@@ -495,13 +499,14 @@ class LiverTumorLRPLogic(ScriptedLoadableModuleLogic, DependencyInstaller):
             return f"Tumor: {result.n_tumor} voxels ({result.tumor_ml:.1f} ml) in {result.segmentation.GetName()}"
         return str(result)
 
-    def process(self, inputs=None, model="bundled", device="auto", preset="recommended", seed=0, python=None):
+    def process(self, inputs=None, model="bundled", device="auto", preset="recommended", seed=0, python=None,
+                method="contribution"):
         """Scripted use: segment and run sequence relevance in the worker (blocking);
         returns (SegmentResult, ExplanationResult)."""
         lib = self._lib()
         python = python or pythonSlicerExecutable()
         segmentation = lib.segment_job(inputs, model, device, python=python, temp_dir=jobFolder()).run()
         relevance = lib.analyze_sequences_job(inputs, model, preset, device, seed, python=python,
-                                              temp_dir=jobFolder()).run()
+                                              temp_dir=jobFolder(), method=method).run()
         self.showResult(relevance)
         return segmentation, relevance

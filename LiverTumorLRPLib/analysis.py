@@ -26,6 +26,8 @@ from .progress import as_progress
 from .shares import shares_of
 
 DEFAULT_RESAMPLES = 10      # draws of the random region B for the spread of Sec. 2.3's shares
+METHODS = ("contribution", "paper")   # sequence relevance: Shapley values of f with LRP maps, or Sec. 2.3 exactly
+DEFAULT_METHOD = "contribution"
 
 
 def load(model):
@@ -134,36 +136,72 @@ def case_labels(p: Prepared, logits: np.ndarray, network_labels: Optional[np.nda
     return p.grid.to_case(labels, "segmentation").astype(np.uint8)
 
 
-# ---- necessity --------------------------------------------------------------------------------------------------
+# ---- the model with sequences absent -------------------------------------------------------------------------------
+class SubsetPasses:
+    """The model on ``p`` with only some sequences present, the others replaced by ``reference``
+    (:func:`.necessity.reference_image`): per subset of channel indices the segmentation's Dice against ``target``
+    and, given seed ``weights`` on the network grid, the output ``f = sum(weights * y)``.  Forward passes run
+    ``batch`` subsets at a time, each subset once (Dice and f of one pass are kept together)."""
+
+    def __init__(self, p: Prepared, reference: str, target: Optional[np.ndarray], weights: Optional[np.ndarray],
+                 device="auto", patch_size=None, batch: int = 4, progress=None):
+        from .necessity import reference_image
+
+        self.p, self.target, self.weights = p, target, weights
+        self.reference = reference_image(p.image, reference)
+        self.device, self.patch_size, self.batch = device, patch_size, batch
+        self.progress = as_progress(progress)
+        self.done: dict = {}
+
+    def _run(self, subsets):
+        from .inference import predict_logits
+        from .necessity import with_only
+
+        lesion, total = self.p.info.lesion_index, 2 ** len(self.p.info.channels)
+        for i in range(0, len(subsets), self.batch):
+            chunk = subsets[i:i + self.batch]
+            images = np.stack([with_only(self.p.image, self.reference, s) for s in chunk])
+            for s, logits in zip(chunk, predict_logits(self.p.net, images, device=self.device,
+                                                       patch_size=self.patch_size)):
+                d = None if self.target is None else dice(case_labels(self.p, logits) == lesion, self.target)
+                f = None if self.weights is None else float((self.weights * logits).sum())
+                self.done[s] = (d, f)
+            self.progress(min(len(self.done) / total, 1.0), f"sequences absent: {len(self.done)} forward passes")
+
+    def values(self, subsets, which: int) -> list:
+        """Dice (``which`` 0) or f (1) with only each subset present."""
+        todo = list(dict.fromkeys(s for s in subsets if s not in self.done))
+        if todo:
+            self._run(todo)
+        return [self.done[s][which] for s in subsets]
+
+    def dice_of(self, subsets) -> list:
+        return self.values(subsets, 0)
+
+    def output_of(self, subsets) -> list:
+        return self.values(subsets, 1)
+
+
+def necessity_target(p: Prepared, seg: Optional[Segmentation], device="auto", patch_size=None):
+    """(mask, what): the case's label when it has one, else the segmentation with every sequence."""
+    if p.case.label is not None:
+        return p.case.label > 0, "label"
+    seg = seg if seg is not None else segment(p, device, patch_size)
+    return seg.segmentation.astype(bool), "prediction"
+
+
 def necessity(p: Prepared, seg: Optional[Segmentation] = None, reference: str = REFERENCE, device="auto",
-              patch_size=None, batch: int = 4, progress=None) -> Necessity:
+              patch_size=None, batch: int = 4, progress=None, passes: Optional[SubsetPasses] = None) -> Necessity:
     """How much the segmentation needs each sequence (:mod:`.necessity`): the Dice with one sequence replaced by
     ``reference`` and the Shapley values of Dice over all subsets of sequences (2^C forward passes, ``batch`` at
-    a time), against the case's label when it has one, else against the segmentation with every sequence."""
-    from .inference import predict_logits
-    from .necessity import reference_image, sequence_necessity, with_only
+    a time), against the case's label when it has one, else against the segmentation with every sequence.
+    ``passes``: forward passes already made (:class:`SubsetPasses` with a target), reused."""
+    from .necessity import sequence_necessity
 
-    prog = as_progress(progress)
-    ref = reference_image(p.image, reference)
-    lesion = p.info.lesion_index
-    if p.case.label is not None:
-        target, what = p.case.label > 0, "label"
-    else:
-        seg = seg if seg is not None else segment(p, device, patch_size)
-        target, what = seg.segmentation.astype(bool), "prediction"
-    done = [0]
-
-    def dice_of(subsets):
-        out = []
-        for i in range(0, len(subsets), batch):
-            images = np.stack([with_only(p.image, ref, s) for s in subsets[i:i + batch]])
-            for logits in predict_logits(p.net, images, device=device, patch_size=patch_size):
-                out.append(dice(case_labels(p, logits) == lesion, target))
-            done[0] += len(images)
-            prog(min(done[0] / 2 ** len(p.info.channels), 1.0), f"necessity: {done[0]} forward passes")
-        return out
-
-    return sequence_necessity(dice_of, p.info.channels, reference, what)
+    target, what = necessity_target(p, seg, device, patch_size)
+    if passes is None:
+        passes = SubsetPasses(p, reference, target, None, device, patch_size, batch, progress)
+    return sequence_necessity(passes.dice_of, p.info.channels, reference, what)
 
 
 # ---- explanations -----------------------------------------------------------------------------------------------
@@ -219,8 +257,9 @@ def region_mask(spec, p: Prepared, seg: Optional[Segmentation] = None):
     return mask, p.grid.mask_to_network(mask), desc
 
 
-def _explanation(p: Prepared, title: str, maps_net: np.ndarray, details: dict, region=None, interval=None):
-    shares, positive, negative = shares_of(maps_net)
+def _explanation(p: Prepared, title: str, maps_net: np.ndarray, details: dict, region=None, interval=None,
+                 keep_sign: bool = False):
+    shares, positive, negative = shares_of(maps_net, keep_sign)
     maps = p.grid.to_case(maps_net, "relevance").astype(np.float32)
     return Explanation(title, maps, shares, positive, negative, tuple(p.info.channels),
                        tuple(p.info.display_names), details, region, interval or {})
@@ -249,11 +288,31 @@ def explain_region(p: Prepared, region="tumor", cls="tumor", preset="recommended
 def sequence_relevance(p: Prepared, preset="recommended", device="auto", seed: int = 0, background: str = "random",
                        max_voxels: Optional[int] = None, resamples: int = DEFAULT_RESAMPLES, patch_size=None,
                        progress=None, seg: Optional[Segmentation] = None,
-                       necessity_reference: Optional[str] = REFERENCE) -> Explanation:
+                       necessity_reference: Optional[str] = REFERENCE, method: str = DEFAULT_METHOD) -> Explanation:
+    """Which sequences the model relies on, per ``method``:
+
+    * ``contribution`` (the default, :func:`sequence_contribution`): the exact Shapley values of Sec. 2.3's
+      explained output over the sequences, with reference-based LRP voxel maps that add up to them;
+    * ``paper`` (:func:`paper_sequence_relevance`): Sec. 2.3 exactly, ``M = M_B^0 + M_T^1`` of Eq. 2 maps with
+      ``preset``'s rules, over ``resamples`` draws of B.
+
+    Beside it, unless ``necessity_reference`` is None, how much the segmentation needs each sequence
+    (:func:`necessity`) and whether the two rankings agree (:func:`.necessity.agreement`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown sequence relevance method {method!r}; use one of {', '.join(METHODS)}")
+    if method == "contribution":
+        return sequence_contribution(p, device, patch_size, progress, seg, necessity_reference)
+    return paper_sequence_relevance(p, preset, device, seed, background, max_voxels, resamples, patch_size,
+                                    progress, seg, necessity_reference)
+
+
+def paper_sequence_relevance(p: Prepared, preset="recommended", device="auto", seed: int = 0,
+                             background: str = "random", max_voxels: Optional[int] = None,
+                             resamples: int = DEFAULT_RESAMPLES, patch_size=None, progress=None,
+                             seg: Optional[Segmentation] = None,
+                             necessity_reference: Optional[str] = REFERENCE) -> Explanation:
     """Sec. 2.3: ``M = M_B^0 + M_T^1`` per sequence, normalised to sum 1; with ``resamples`` draws of B their
-    spread and the exact expectation over B (:func:`.explain.sequence_relevance_interval`).  Beside it, unless
-    ``necessity_reference`` is None, how much the segmentation needs each sequence (:func:`necessity`) and
-    whether the two rankings agree (:func:`.necessity.agreement`)."""
+    spread and the exact expectation over B (:func:`.explain.sequence_relevance_interval`)."""
     from .explain import sequence_relevance as sec23, sequence_relevance_interval
 
     prog = as_progress(progress)
@@ -262,7 +321,7 @@ def sequence_relevance(p: Prepared, preset="recommended", device="auto", seed: i
               patch_size=patch_size, progress=prog.part(0.0, 0.7 if with_necessity else 1.0))
     res = sequence_relevance_interval(p.net, p.image, resamples=resamples, **kw) if resamples else sec23(
         p.net, p.image, **kw)
-    details = {"analysis": "sequence relevance (Sec. 2.3): M = M_B^0 + M_T^1",
+    details = {"analysis": "sequence relevance (Sec. 2.3): M = M_B^0 + M_T^1", "method": "paper",
                "preset": preset if isinstance(preset, str) else repr(preset), "background_choice": background,
                "seed": seed, **{k: v for k, v in res.as_dict().items() if k.startswith("n_")},
                "lesion_class": res.lesion}
@@ -274,6 +333,73 @@ def sequence_relevance(p: Prepared, preset="recommended", device="auto", seed: i
     if with_necessity:
         e.necessity = necessity(p, seg, necessity_reference, device, patch_size, progress=prog.part(0.7, 1.0))
         e.agreement = agreement(e.shares, e.necessity.shapley_dice, e.channels, e.display_names)
+    return e
+
+
+def reference_lrp(net, reference: str, image: np.ndarray):
+    """Reference-based LRP (:mod:`.lrp.reference`) against the reference that replaces an absent sequence
+    (:func:`.necessity.reference_image`): its blur, 0, or each sequence's volume mean."""
+    from .lrp.reference import ReferenceLRP
+    from .necessity import BLUR_SIGMA, REFERENCES
+
+    if reference == "blur":
+        return ReferenceLRP(net, "blur", sigma=BLUR_SIGMA, preset="reference-blur")
+    if reference == "zero":
+        return ReferenceLRP(net, "mean", preset="reference-mean")
+    if reference == "mean":
+        return ReferenceLRP(net, image.mean(axis=(1, 2, 3)), preset="reference-volume-mean")
+    raise ValueError(f"unknown reference {reference!r}; use one of {', '.join(REFERENCES)}")
+
+
+def sequence_contribution(p: Prepared, device="auto", patch_size=None, progress=None,
+                          seg: Optional[Segmentation] = None,
+                          necessity_reference: Optional[str] = REFERENCE) -> Explanation:
+    """Each sequence's exact Shapley value for Sec. 2.3's explained output, normalised to sum 1, with voxel maps.
+
+    ``f = mean_T y^lesion + mean_B y^(predicted class)`` in expectation over B (:func:`.regions.sec23_output_weights`);
+    a sequence is absent when replaced by ``necessity_reference`` (blur when None).  The 2^C forward passes
+    (sampled orderings above 8 sequences) also give the Dice of each subset, hence the necessity beside it.
+    The voxel maps are reference-based LRP of f against the same reference (Eq. 1 of f, no per-voxel
+    normalisation), each sequence's map shifted to sum to its Shapley value (:func:`.necessity.calibrated_maps`);
+    ``details`` keeps the maps' own sums (``lrp_sums``), their Spearman rho with the Shapley values and the
+    share of the relevance the shift moved."""
+    from .explain import relevance
+    from .regions import sec23_output_weights
+    from .necessity import calibrated_maps, game_shapley, spearman
+
+    prog = as_progress(progress)
+    reference = necessity_reference or REFERENCE
+    seg = seg if seg is not None else segment(p, device, patch_size, prog.part(0.0, 0.1))
+    weights = sec23_output_weights(seg.network_labels, p.info.lesion_index, p.info.n_classes)
+    target, what = necessity_target(p, seg)
+    passes = SubsetPasses(p, reference, target, weights, device, patch_size, progress=prog.part(0.1, 0.8))
+    phi, err, n_passes = game_shapley(passes.output_of, len(p.info.channels))
+    lrp = reference_lrp(p.net, reference, p.image)
+    maps = relevance(lrp, p.image, weights, device=device, patch_size=patch_size)
+    prog(0.95, "contribution maps")
+    sums = maps.reshape(len(maps), -1).sum(axis=1).astype(np.float64)
+    calibrated = calibrated_maps(maps, phi)
+    moved = float(np.abs(phi - sums).sum() / max(np.abs(calibrated).sum(), 1e-12))
+    full, none = frozenset(range(len(phi))), frozenset()
+    f_full, f_none = passes.output_of([full, none])
+    details = {"analysis": "sequence contribution: exact Shapley values of Sec. 2.3's f over the sequences, "
+                           "reference-based LRP maps", "method": "contribution", "reference": reference,
+               "lesion_class": p.info.lesion, "n_tumor": int(seg.network_lesion.sum()),
+               "n_background": int((~seg.network_lesion).sum()), "f_full": f_full, "f_reference": f_none,
+               "shapley_f": dict(zip(p.info.channels, phi.tolist())), "exact": err is None,
+               "forward_passes": n_passes, "lrp_sums": dict(zip(p.info.channels, sums.tolist())),
+               "lrp_spearman": spearman(sums, phi), "calibration_moved": moved}
+    interval = {} if err is None else {"shapley_f_stderr": err.tolist()}
+    e = _explanation(p, "sequence contribution", calibrated, details, None, interval, keep_sign=True)
+    if necessity_reference is not None:
+        e.necessity = necessity(p, seg, reference, device, patch_size, passes=passes)
+        e.agreement = agreement(e.shares, e.necessity.shapley_dice, e.channels, e.display_names)
+    if f_full < f_none:     # shares over |f(all) - f(none)|: positive still means "raises the evidence"
+        note = (f"with every sequence replaced by its reference the model's tumor-vs-background evidence is "
+                f"higher ({f_none:.3g}) than with the image itself ({f_full:.3g}), so the shares sum to -1")
+        e.agreement = dict(e.agreement or {})
+        e.agreement["warning"] = "; ".join(w for w in (e.agreement.get("warning"), note) if w)
+    prog(1.0, "sequence contribution")
     return e
 
 
@@ -310,4 +436,5 @@ def explain_components(p: Prepared, seg: Segmentation, preset="recommended", dev
 
 __all__ = ["Prepared", "Segmentation", "Explanation", "load", "as_case", "prepare", "segment", "case_labels",
            "explain_region", "sequence_relevance", "necessity", "explain_components", "label_components", "region_mask", "dice",
-           "DEFAULT_RESAMPLES"]
+           "DEFAULT_RESAMPLES", "METHODS", "DEFAULT_METHOD", "sequence_contribution", "paper_sequence_relevance",
+           "SubsetPasses", "reference_lrp"]

@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from .analysis import DEFAULT_RESAMPLES, as_case
+from .analysis import DEFAULT_METHOD, DEFAULT_RESAMPLES, as_case
 from .case_io import find_cases, write_json, write_text
 from .commands import (add_dicom_arguments, add_labels_argument, add_model_arguments, add_sequence_relevance_arguments,
                        model_spec, necessity_reference, patch_from_args)
@@ -94,7 +94,8 @@ def _remove_temporaries(out: str) -> None:
 
 def run_case(case_dir: str, out: str, model, preset, device, seed, background, max_voxels, patch_size,
              max_components: int, resamples: int = DEFAULT_RESAMPLES, necessity_reference: Optional[str] = REFERENCE,
-             labels: Optional[str] = None, threads: Optional[int] = None, dicom_out: Optional[str] = None) -> dict:
+             labels: Optional[str] = None, method: str = DEFAULT_METHOD, threads: Optional[int] = None,
+             dicom_out: Optional[str] = None) -> dict:
     """One case of a cohort (:func:`pipeline.analyze_case` with its label components); writes ``result.json``
     last.  Raises on a bad case."""
     import torch
@@ -108,7 +109,7 @@ def run_case(case_dir: str, out: str, model, preset, device, seed, background, m
     case = as_case(case_dir, net, labels)
     summary = pipeline.analyze_case(case, out, net, preset, device, seed, background, max_voxels, patch_size,
                                     finalize=False, max_components=max_components, resamples=resamples,
-                                    necessity_reference=necessity_reference, dicom_out=dicom_out)
+                                    necessity_reference=necessity_reference, dicom_out=dicom_out, method=method)
     write_json(summary, os.path.join(out, RESULT))
     if os.path.exists(os.path.join(out, ERROR)):
         os.remove(os.path.join(out, ERROR))
@@ -130,7 +131,7 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
                seed: int = 0, background: str = "random", max_voxels=None, patch_size=None, max_components: int = 3,
                memory_per_case: float = 3.0, progress=None, scheduler: Optional[str] = None,
                resamples: int = DEFAULT_RESAMPLES, necessity_reference: Optional[str] = REFERENCE,
-               labels: Optional[str] = None, dicom_out: Optional[str] = None) -> dict:
+               labels: Optional[str] = None, dicom_out: Optional[str] = None, method: str = DEFAULT_METHOD) -> dict:
     """Run every case under ``root``; returns ``{"results": {name: summary}, "failures": {name: reason}, ...}``.
 
     ``workers > 1`` runs the cases on a Dask LocalCluster, ``scheduler`` on an existing Dask cluster
@@ -156,7 +157,7 @@ def run_cohort(root: str, out: str, model="bundled", preset="recommended", devic
         else:
             todo.append((name, case_dir))
     args = (model, preset, device, seed, background, max_voxels, patch_size, max_components, resamples,
-            necessity_reference, labels)
+            necessity_reference, labels, method)
     if progress:
         progress(len(results), len(cases), None, None)
 
@@ -336,10 +337,23 @@ def write_cohort_outputs(out: str, results: dict, failures: dict) -> None:
         necessity = [[results[n]["necessity"]["shapley_dice"][k] for k in keys] for n in names] \
             if len(need) == len(names) else None
         fig = cohort_figure(names, shares, os.path.join(out, "cohort_relevance.png"),
-                            title=f"Normalised relevance per sequence, {len(names)} cases"
+                            title=f"{_what(results)[0]}, {len(names)} cases"
                                   + (" (bars: 95 % of resampled B)" if spread else ""), low=low, high=high,
                             sequence_names=display, necessity=necessity)
     write_text(_report_html(out, names, results, failures, fig, png_data_uri), os.path.join(out, "report.html"))
+
+
+def _what(results: dict) -> tuple:
+    """(figure title, report sentence) for the cohort's sequence relevance method."""
+    methods = {r.get("method", "paper") for r in results.values()}
+    if methods == {"contribution"}:
+        return ("Sequence contribution (Shapley values of Sec. 2.3's f, sum 1)",
+                "Sequence contribution: the exact Shapley values of Sec. 2.3's explained output f over the "
+                "sequences (a sequence absent = replaced by its reference), normalised to sum 1; voxel maps by "
+                "reference-based LRP of f.")
+    return ("Normalised relevance per sequence", "Sequence relevance as in Chlebus et al. (Sec. 2.3): "
+            "M = M<sub>B</sub><sup>0</sup> + M<sub>T</sub><sup>1</sup>, normalised to sum 1."
+            + (" (Cases analysed with different methods.)" if len(methods) > 1 else ""))
 
 
 def _report_html(out, names, results, failures, fig, uri) -> str:
@@ -351,8 +365,7 @@ def _report_html(out, names, results, failures, fig, uri) -> str:
         dice = f"{r['dice']:.3f}" if "dice" in r else "&ndash;"
         rows.append(f"<tr><td>{e(n)}</td><td>{dice}</td><td>{r.get('tumor_voxels', '')}</td>{cells}</tr>")
     head = "".join(f"<th>{e(d)}</th>" for d in _channels(results)[1])
-    parts = [f"<p>{len(names)} cases analysed, {len(failures)} failed. Sequence relevance as in Chlebus et al. "
-             "(Sec. 2.3): M = M<sub>B</sub><sup>0</sup> + M<sub>T</sub><sup>1</sup>, normalised to sum 1.</p>"]
+    parts = [f"<p>{len(names)} cases analysed, {len(failures)} failed. {_what(results)[1]}</p>"]
     warned = [n for n in names if (results[n].get("agreement") or {}).get("warning")]
     if warned:
         parts.append(f"<p><b>{len(warned)} of {len(names)} cases: the relevance ranking disagrees with what the model "
@@ -399,7 +412,7 @@ def run(args) -> int:
         res = run_cohort(args.root, args.out, model_spec(args), args.preset, args.device, args.workers, args.seed,
                          args.background, args.max_voxels, patch_from_args(args), args.max_components,
                          args.memory_per_case, progress, args.scheduler, args.resamples,
-                         necessity_reference(args), args.labels, args.dicom_out)
+                         necessity_reference(args), args.labels, args.dicom_out, args.method)
     finally:
         bar.close()
     print(f"{len(res['results'])} done, {len(res['failures'])} failed ({res['skipped']} already finished), "

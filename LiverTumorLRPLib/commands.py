@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 
-from .analysis import DEFAULT_RESAMPLES
+from .analysis import DEFAULT_METHOD, DEFAULT_RESAMPLES, METHODS
 from .necessity import REFERENCE, REFERENCES
 from .lrp.presets import PRESETS
 
@@ -85,7 +85,9 @@ def add_model_arguments(p: argparse.ArgumentParser):
 
 
 def add_sequence_relevance_arguments(p: argparse.ArgumentParser):
-    """Sec. 2.3's options, for ``analyze`` and cohorts: --preset, --seed, --background, --max-voxels, --resamples."""
+    """Sequence relevance options, for ``analyze`` and cohorts: --method; Sec. 2.3's --preset, --seed, --background,
+    --max-voxels, --resamples (method paper); --necessity."""
+    _method(p)
     _preset(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the background region's random choice")
     p.add_argument("--background", default="random", choices=["random", "shell"],
@@ -115,13 +117,22 @@ def model_spec(args):
 
 
 def _preset(p):
-    p.add_argument("--preset", default="recommended", choices=list(PRESETS), help="LRP preset")
+    p.add_argument("--preset", default="recommended", choices=list(PRESETS),
+                   help="LRP preset (explain, and sequence relevance with --method paper)")
+
+
+def _method(p):
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
+                   help="sequence relevance: contribution (default; exact Shapley values of Sec. 2.3's output over "
+                        "the sequences, with reference-based LRP maps that add up to them) or paper (Sec. 2.3 "
+                        "exactly: Eq. 2 maps with --preset over --resamples draws of B)")
 
 
 def add_arguments(p: argparse.ArgumentParser, name: str):
     if name == "demo":
         _common(p, case=False)
         p.add_argument("--seed", type=int, default=0, help="phantom seed")
+        _method(p)
         _preset(p)
         return
     _common(p)
@@ -154,6 +165,14 @@ def patch_from_args(args):
     if not args.patch:
         return None
     return "whole" if tuple(args.patch) == (0, 0, 0) else tuple(args.patch)
+
+
+def _how(args) -> str:
+    """How the sequence relevance was computed, for the one-line result."""
+    method = getattr(args, "method", DEFAULT_METHOD)
+    if args.command == "explain" or method == "paper":
+        return f"{'Sec. 2.3, ' if args.command != 'explain' else ''}preset {args.preset}"
+    return "Shapley values of Sec. 2.3's output, reference-based LRP maps"
 
 
 def _print_shares(summary: dict):
@@ -203,8 +222,9 @@ def _run_case(args) -> dict:
             summary = pipeline.analyze_case(case, args.out, net, args.preset, args.device, args.seed,
                                             args.background, args.max_voxels, patch, bar,
                                             resamples=args.resamples,
-                                            necessity_reference=necessity_reference(args), dicom_out=args.dicom_out)
-    print(f"{case.name}: {summary['title']} ({args.preset}) -> {args.out}")
+                                            necessity_reference=necessity_reference(args), dicom_out=args.dicom_out,
+                                            method=args.method)
+    print(f"{case.name}: {summary['title']} ({_how(args)}) -> {args.out}")
     return summary
 
 
@@ -242,10 +262,10 @@ def run_demo(args) -> int:
 
         case = read_case(case_dir)
         summary = pipeline.analyze_case(case, os.path.join(args.out, "analysis"), args.model, args.preset,
-                                        args.device, progress=bar)
+                                        args.device, progress=bar, method=args.method)
     print(f"phantom case (seed {args.seed}) -> {case_dir}")
     print(f"segmentation Dice vs ground truth: {summary.get('dice', float('nan')):.3f}")
-    print(f"sequence relevance (Sec. 2.3, preset {args.preset}):")
+    print(f"sequence relevance ({_how(args)}):")
     _print_shares(summary)
     print(f"outputs: {os.path.join(args.out, 'analysis')} (relevance_*.nii.gz, sequence_relevance.png, "
           f"overlay_slice*.png, sequence_relevance.json/.csv)")

@@ -122,6 +122,17 @@ class Necessity:
                    d.get("forward_passes", 0))
 
 
+def game_shapley(values_of: Callable[[list], list], n: int, max_exact: int = MAX_EXACT, samples: int = 64,
+                 seed: int = 0) -> tuple:
+    """(Shapley values, their standard errors or None, subsets evaluated) of the game ``values_of(subsets)``:
+    exact over all 2^n subsets up to ``max_exact`` players, else from ``samples`` random orderings."""
+    if n <= max_exact:
+        subsets = all_subsets(n)
+        return shapley_values(dict(zip(subsets, values_of(subsets))), n), None, len(subsets)
+    phi, err = sampled_shapley_values(values_of, n, samples, seed)
+    return phi, err, samples * (n + 1)
+
+
 def sequence_necessity(dice_of: Callable[[list], list], channels: Sequence[str], reference: str = REFERENCE,
                        target: str = "label", max_exact: int = MAX_EXACT, samples: int = 64,
                        seed: int = 0) -> Necessity:
@@ -133,14 +144,27 @@ def sequence_necessity(dice_of: Callable[[list], list], channels: Sequence[str],
     if n <= max_exact:
         subsets = all_subsets(n)
         value = dict(zip(subsets, dice_of(subsets)))
-        phi, stderr, passes = shapley_values(value, n), None, len(subsets)
+        phi, err, passes = shapley_values(value, n), None, len(subsets)
     else:
         value = dict(zip([full, none, *drop], dice_of([full, none, *drop])))
-        phi, err = sampled_shapley_values(dice_of, n, samples, seed)
-        stderr, passes = dict(zip(channels, err.tolist())), len(value) + samples * (n + 1)
+        phi, err, passes = game_shapley(dice_of, n, max_exact, samples, seed)
+        passes += len(value)
+    stderr = None if err is None else dict(zip(channels, err.tolist()))
     return Necessity(reference, target, float(value[full]), float(value[none]),
                      {k: float(value[s]) for k, s in zip(channels, drop)},
                      dict(zip(channels, phi.tolist())), stderr is None, stderr, passes)
+
+
+def calibrated_maps(maps: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Each sequence's voxel map shifted to sum to its Shapley value: ``M_i + (phi_i - sum M_i) |M_i| / sum |M_i|``
+    (the part of ``phi_i`` the map does not carry, spread over the voxels in proportion to their relevance;
+    evenly where the map is zero).  The maps then add up to the bars the user reads."""
+    out = np.array(maps, dtype=np.float64)
+    flat = out.reshape(len(out), -1)
+    for i, m in enumerate(flat):
+        gap, mass = phi[i] - m.sum(), np.abs(m).sum()
+        m += gap * (np.abs(m) / mass if mass > 0 else 1.0 / m.size)
+    return out.astype(np.float32)
 
 
 def spearman(a, b) -> Optional[float]:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .analysis import (DEFAULT_RESAMPLES, Explanation, Prepared, Segmentation, explain_components, explain_region,
+from .analysis import (DEFAULT_METHOD, DEFAULT_RESAMPLES, Explanation, Prepared, Segmentation, explain_components, explain_region,
                        load, prepare, segment, sequence_relevance)
 from .case_io import write_image, write_json, write_text
 from .necessity import REFERENCE, Necessity
@@ -70,13 +70,18 @@ def segment_case(case, out: str, model="bundled", device="auto", progress=None, 
 
 
 def sequence_rows(e: Explanation) -> list:
-    """One row per sequence: key, display name, share, positive and negative mass (and the spread over B)."""
+    """One row per sequence: key, display name, share, positive and negative mass (and the spread over B, or the
+    Shapley value of f and the map's own sum; the necessity)."""
     rows = [{"sequence": k, "display_name": d, "relevance": float(s), "positive": float(a), "negative": float(b)}
             for k, d, s, a, b in zip(e.channels, e.display_names, e.shares, e.positive, e.negative)]
     for key, values in e.interval.items():
-        if key.startswith("relevance_") and values is not None:
+        if key.startswith(("relevance_", "shapley_f")) and values is not None:
             for c, row in enumerate(rows):
                 row[key] = float(values[c])
+    for key, column in (("shapley_f", "shapley_f"), ("lrp_sums", "lrp_sum")):   # method "contribution"
+        if key in e.details:
+            for row in rows:
+                row[column] = float(e.details[key][row["sequence"]])
     if e.necessity is not None:
         for row in rows:
             row["dice_without"] = e.necessity.dice_without[row["sequence"]]
@@ -123,7 +128,9 @@ def write_explanation_files(e: Explanation, p: Prepared, out: str, meta: dict,
 
 
 DETAILS = ("region", "class", "preset", "n_voxels", "n_excluded", "background_choice", "seed", "n_tumor",
-           "n_background", "n_predicted_tumor", "kind")
+           "n_background", "n_predicted_tumor", "kind", "analysis", "method", "reference", "lesion_class",
+           "shapley_f", "lrp_sums", "lrp_spearman", "calibration_moved", "f_full", "f_reference", "exact",
+           "forward_passes")
 
 
 def read_explanation_files(out: str) -> Explanation:
@@ -139,8 +146,8 @@ def read_explanation_files(out: str) -> Explanation:
                      for r in rows]).astype(np.float32)
     column = {k: np.array([r[k] for r in rows], dtype=float) for k in ("relevance", "positive", "negative")
               if k in rows[0]}
-    column.update({k: np.array([r[k] for r in rows], dtype=float) for k in rows[0] if k.startswith("relevance_")})
-    interval = {k: v for k, v in column.items() if k.startswith("relevance_")}
+    spread = [k for k in rows[0] if k.startswith("relevance_") or k == "shapley_f_stderr"]
+    interval = {k: np.array([r[k] for r in rows], dtype=float) for k in spread}
     necessity = Necessity.from_dict(summary["necessity"]) if "necessity" in summary else None
     return Explanation(summary.get("title", ""), maps, column["relevance"], column["positive"], column["negative"],
                        tuple(r["sequence"] for r in rows), tuple(r["display_name"] for r in rows),
@@ -159,8 +166,9 @@ def analyze_case(case, out: str, model="bundled", preset="recommended", device="
                  background: str = "random", max_voxels: Optional[int] = None, patch_size=None, progress=None,
                  cancel=None, finalize: bool = True, resamples: int = DEFAULT_RESAMPLES,
                  max_components: int = 0, necessity_reference: Optional[str] = REFERENCE,
-                 dicom_out: Optional[str] = None) -> dict:
-    """Sec. 2.3 for one case: segmentation, ``M = M_B^0 + M_T^1`` per sequence, JSON/CSV, bar chart, overlays.
+                 dicom_out: Optional[str] = None, method: str = DEFAULT_METHOD) -> dict:
+    """Sequence relevance of one case (:func:`.analysis.sequence_relevance`, ``method`` ``contribution`` or
+    ``paper``): segmentation, the relevance per sequence, JSON/CSV, bar chart, overlays.
 
     Computed on the network grid (where Eq. 2 holds exactly); maps are written on the case grid.
     ``resamples``: draws of the random region B for the shares' spread and the exact expectation
@@ -175,7 +183,7 @@ def analyze_case(case, out: str, model="bundled", preset="recommended", device="
     seg = segment(p, device, patch_size, prog.part(0.0, 0.2))
     seg_summary = write_segmentation_files(seg, out)
     e = sequence_relevance(p, preset, device, seed, background, max_voxels, resamples, patch_size,
-                           prog.part(0.2, 0.9 if max_components else 0.95), seg, necessity_reference)
+                           prog.part(0.2, 0.9 if max_components else 0.95), seg, necessity_reference, method)
     meta = _meta(e, seg_summary, ("tumor_voxels", "tumor_volume_ml", "network_grid", "network_spacing", "windows",
                                   "window_shape", "dice"))
     meta.update({k: v if k == "resamples" else [float(x) for x in v] if v is not None else None

@@ -8,7 +8,7 @@ Run it as ``python -m LiverTumorLRPLib.worker JOB_DIR`` or ``python .../LiverTum
     {"task": "segment" | "explain" | "sequence relevance", "case": "input", "out": "out",
      "model": "bundled" | path, "device": "auto" | "cpu" | "cuda", "preset": "recommended", "seed": 0,
      "region": "tumor" | "background" | "<mask file in the case folder>", "class": "tumor" | "background",
-     "max_voxels": null}
+     "max_voxels": null, "method": "contribution" | "paper"}
 
 ``case`` is a case folder (one NRRD/NIfTI per sequence, see :mod:`case_io`), ``out`` the output folder
 (both relative to ``JOB_DIR``).  The worker prints one JSON object per line on stdout:
@@ -233,7 +233,8 @@ def run_job(job_dir: str, job: dict, progress=None) -> dict:
                                         preset=job.get("preset", "recommended"), **common)
     else:
         summary = pipeline.analyze_case(case, out, preset=job.get("preset", "recommended"),
-                                        seed=int(job.get("seed", 0)), max_voxels=job.get("max_voxels"), **common)
+                                        seed=int(job.get("seed", 0)), max_voxels=job.get("max_voxels"),
+                                        method=job.get("method", pipeline.DEFAULT_METHOD), **common)
     summary = {k: v for k, v in summary.items() if not hasattr(v, "shape")}
     outputs = sorted(f for f in os.listdir(out) if not f.startswith("."))
     write_json({"task": job["task"], "summary": summary, "outputs": outputs}, os.path.join(job_dir, RESULT_FILE))

@@ -45,6 +45,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "sequence relevance" in text and "Dice" in text
     result = json.load(open(os.path.join(out, "analysis", "result.json")))
     assert sum(result["relevance"]) == pytest.approx(1.0, abs=1e-5)
-    assert result["n_tumor"] == result["n_background"] > 0
+    assert result["method"] == "contribution" and result["n_tumor"] > 0   # the default: Shapley values of f
+    phi = [result["shapley_f"][k] for k in result["shapley_f"]]
+    assert sum(phi) == pytest.approx(result["f_full"] - result["f_reference"], rel=1e-6)
+    assert result["relevance"] == pytest.approx([v / abs(sum(phi)) for v in phi], rel=1e-6)
     for name in ("sequence_relevance.png", "relevance_T1_120s.nii.gz", "tumor_segmentation.nii.gz"):
         assert os.path.exists(os.path.join(out, "analysis", name))

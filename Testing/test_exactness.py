@@ -298,7 +298,7 @@ def test_spacing_resamples_to_the_model_and_maps_every_output_back(tmp_path):
     out = sitk.ReadImage(str(tmp_path / "tumor_probability.nii.gz"))
     np.testing.assert_allclose(out.GetSpacing(), case.reference.GetSpacing())
     np.testing.assert_allclose(out.GetOrigin(), case.reference.GetOrigin())
-    summary = pipeline.analyze_case(case, str(tmp_path / "a"), net, preset="epsilon", device="cpu")
+    summary = pipeline.analyze_case(case, str(tmp_path / "a"), net, preset="epsilon", device="cpu", method="paper")
     assert summary["network_grid"] == [18, 28, 30]
     res = sequence_relevance(net, p.image, preset="epsilon", device="cpu")
     back = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / f"relevance_{k}.nii.gz")))

@@ -162,6 +162,15 @@ def test_preset_names_match_the_library(tree):
     assert ast.literal_eval(value) == list(PRESETS)
 
 
+def test_method_names_match_the_library(tree):
+    from LiverTumorLRPLib.analysis import DEFAULT_METHOD, METHODS
+
+    assert module_constants(tree, "METHOD_NAMES")["METHOD_NAMES"] == list(METHODS)
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LiverTumorLRPParameterNode")
+    method = next(a for a in node.body if isinstance(a, ast.AnnAssign) and a.target.id == "method")
+    assert ast.literal_eval(method.value) == DEFAULT_METHOD
+
+
 # ---- conventions of Slicer >= 5.3 modules, dependencies, Reload, the phantom sample -----------------------------
 def module_function(tree, name):
     return next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)

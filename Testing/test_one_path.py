@@ -1,5 +1,5 @@
 """One compute path: the same case through every front end gives the same segmentation, maps, shares and
-Shapley values of Dice.
+Shapley values of Dice, by either sequence relevance method.
 
 Front ends: the command line (``liver-lrp analyze`` / ``explain``, files), the worker process the Slicer module
 starts (:class:`WorkerJob`, nodes), the in-process MRML tasks (nodes), and the web page's handlers (the real
@@ -42,8 +42,11 @@ def three_class_model(case, path) -> str:
 
 CASES = {
     # the bundled model runs at 4 x 3 x 3 mm; this case is 5 x 2.5 x 2.5 mm
-    "bundled model, other spacing": dict(seed=11, shape=(20, 60, 60), spacing=(5.0, 2.5, 2.5), model=None),
-    "background/liver/tumor model": dict(seed=12, shape=(16, 40, 40), spacing=(4.0, 3.0, 3.0), model="three"),
+    # (the default sequence relevance, Shapley values with LRP maps, on one; the paper's Sec. 2.3 on the other)
+    "bundled model, other spacing": dict(seed=11, shape=(20, 60, 60), spacing=(5.0, 2.5, 2.5), model=None,
+                                         method="contribution"),
+    "background/liver/tumor model": dict(seed=12, shape=(16, 40, 40), spacing=(4.0, 3.0, 3.0), model="three",
+                                         method="paper"),
 }
 
 
@@ -72,7 +75,7 @@ def setup(request, tmp_path_factory):
         if name.startswith("label"):     # is then the prediction with every sequence, in every front end)
             os.remove(os.path.join(folder, name))
     model = str(bundled_model_path()) if spec["model"] is None else three_class_model(case, root / "three.safetensors")
-    return request.param, case, folder, model, root
+    return request.param, case, folder, model, spec["method"]
 
 
 @pytest.fixture
@@ -90,12 +93,12 @@ def read(path):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def cli_results(folder, model, out):
+def cli_results(folder, model, out, method):
     """``liver-lrp analyze`` and ``explain`` (predicted tumor, tumor class): segmentation, maps and shares."""
     import json
 
     common = ["--model", model, "--device", "cpu"]
-    assert cli(["analyze", folder, "--out", str(out / "analyze"), *common]) == 0
+    assert cli(["analyze", folder, "--out", str(out / "analyze"), "--method", method, *common]) == 0
     assert cli(["explain", folder, "--out", str(out / "explain"), "--region", "tumor", "--class", "tumor",
                 *common]) == 0
     res = {}
@@ -106,12 +109,17 @@ def cli_results(folder, model, out):
                      np.array(summary["relevance"]), np.array([r["positive"] for r in summary["sequences"]]))
         if task == "analyze":
             res["necessity"] = np.array([summary["necessity"]["shapley_dice"][k] for k in SEQUENCE_KEYS])
+            assert summary["method"] == method
+            if method == "contribution":      # the shares are the Shapley values of f, normalised to sum 1
+                phi = np.array([summary["shapley_f"][k] for k in SEQUENCE_KEYS])
+                np.testing.assert_allclose(res[task][1], phi / phi.sum(), rtol=1e-6)
     res["segment"] = read(out / "analyze" / "tumor_segmentation.nii.gz").astype(bool)
     return res
 
 
-def node_results(seg, explained, analyzed, reference):
+def node_results(seg, explained, analyzed, reference, method):
     """The same from result nodes."""
+    assert analyzed.details["method"] == method
     segment_id = seg.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Tumor")
     res = {"segment": sl.segment_mask(seg.segmentation, segment_id, reference)}
     for task, er in (("explain", explained), ("analyze", analyzed)):
@@ -148,13 +156,13 @@ class WebHarness:
         def __setattr__(self, key, value):
             self[key] = value
 
-    def __init__(self, scene, nodes, model):
+    def __init__(self, scene, nodes, model, method):
         from LiverTumorLRPLib.web.app import WebApp
 
         self.app = object.__new__(WebApp)      # the real handlers, without a SlicerApp and its views
         self.app.scene, self.app.drawn_node, self.app.point_node = scene, None, None
         self.app.state = self.State(case_loaded=True, model=model, device="cpu", region="predicted tumor",
-                                    cls="tumor", preset="recommended", actions=0, error="",
+                                    cls="tumor", preset="recommended", method=method, actions=0, error="",
                                     **{f"seq_{k}": n.GetID() for k, n in nodes.items()})
         self.app.jobs = self
         self.results = []
@@ -172,26 +180,27 @@ class WebHarness:
 
 
 def test_every_front_end_gives_the_same_results(setup, scene_nodes, tmp_path):
-    name, case, folder, model, root = setup
+    name, case, folder, model, method = setup
     scene, nodes = scene_nodes
-    want = cli_results(folder, model, tmp_path)
+    want = cli_results(folder, model, tmp_path, method)
     assert want["segment"].any() and want["segment"].shape == case.label.shape
     reference = nodes["T1_15min"]
 
     in_process = node_results(sl.segment(nodes, model, "cpu"),
                               sl.explain_region(nodes, model, "predicted tumor", "tumor", device="cpu"),
-                              sl.analyze_sequences(nodes, model, device="cpu"), reference)
+                              sl.analyze_sequences(nodes, model, device="cpu", method=method), reference,
+                              method)
     assert_same(in_process, want, f"{name}: in-process MRML tasks")
 
     jobs = [sl.segment_job(nodes, model, "cpu", python=sys.executable),
             sl.explain_region_job(nodes, model, "predicted tumor", "tumor", device="cpu", python=sys.executable),
-            sl.analyze_sequences_job(nodes, model, device="cpu", python=sys.executable)]
-    worker = node_results(*(job.run(timeout=600) for job in jobs), reference)
+            sl.analyze_sequences_job(nodes, model, device="cpu", python=sys.executable, method=method)]
+    worker = node_results(*(job.run(timeout=600) for job in jobs), reference, method)
     assert_same(worker, want, f"{name}: worker process")
 
     pytest.importorskip("trame_slicer")
-    web = WebHarness(scene, nodes, model)
-    page = node_results(web.run("segment"), web.run("explain"), web.run("sequence_relevance"), reference)
+    web = WebHarness(scene, nodes, model, method)
+    page = node_results(web.run("segment"), web.run("explain"), web.run("sequence_relevance"), reference, method)
     assert_same(page, want, f"{name}: web page handlers")
 
 

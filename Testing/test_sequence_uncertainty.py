@@ -124,7 +124,7 @@ def test_analysis_writes_the_spread_and_draws_error_bars(tmp_path):
     (folder,) = make_cases(str(tmp_path / "cases"), n=1)
     model = make_model(str(tmp_path / "m.safetensors"), folder)
     out = str(tmp_path / "out")
-    summary = analyze_case(folder, out, model, device="cpu", resamples=3)
+    summary = analyze_case(folder, out, model, device="cpu", resamples=3, method="paper")   # Sec. 2.3 with B drawn
     saved = json.loads(open(f"{out}/sequence_relevance.json").read())
     assert saved["resamples"] == 3 and len(saved["relevance_p97.5"]) == 6 and len(saved["relevance_expected"]) == 6
     rows = list(csv.DictReader(open(f"{out}/sequence_relevance.csv")))

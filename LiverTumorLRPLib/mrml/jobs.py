@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import slicer
 
+from ..analysis import DEFAULT_METHOD
 from ..progress import JobStatus, one_line
 from ..sequences import SEQUENCE_KEYS
 from ..worker import JOB_FILE, JOB_PREFIX, WorkerProcess, remove_folder
@@ -55,7 +56,7 @@ class WorkerJob(JobStatus):
     def __init__(self, task: str, inputs=None, model="bundled", device="auto", *, region="predicted tumor",
                  cls="tumor", preset="recommended", seed: int = 0, max_voxels: Optional[int] = None,
                  threshold: Optional[float] = None, name: Optional[str] = None, python: Optional[str] = None,
-                 scene=None, temp_dir: Optional[str] = None):
+                 scene=None, temp_dir: Optional[str] = None, method: str = DEFAULT_METHOD):
         from ..worker import TASKS
 
         super().__init__()
@@ -69,6 +70,7 @@ class WorkerJob(JobStatus):
         self.task, self.model, self.device = task, model, device
         self.region, self.cls, self.preset, self.seed = region, cls, preset, int(seed)
         self.max_voxels, self.threshold, self.python, self.temp_dir = max_voxels, threshold, python, temp_dir
+        self.method = method
         self._inputs, self._scene_arg = inputs, scene
         self.name = name
         self.job_dir: Optional[str] = None
@@ -85,7 +87,8 @@ class WorkerJob(JobStatus):
     # ---- main thread: inputs out, process started
     def _job_description(self, region_label: str) -> dict:
         job = {"task": self.task, "case": "input", "out": "out", "model": self.model, "device": self.device,
-               "preset": str(self.preset), "seed": self.seed, "class": self.cls, "max_voxels": self.max_voxels}
+               "preset": str(self.preset), "seed": self.seed, "class": self.cls, "max_voxels": self.max_voxels,
+               "method": self.method}
         if self.task == "explain":
             job["region"] = region_label
         return job
@@ -253,7 +256,8 @@ def explain_region_job(inputs=None, model="bundled", region="predicted tumor", c
 
 def analyze_sequences_job(inputs=None, model="bundled", preset="recommended", device="auto", seed: int = 0,
                           name: str = "Sequence relevance", max_voxels: Optional[int] = None, python=None,
-                          scene=None, temp_dir: Optional[str] = None) -> WorkerJob:
-    """A :class:`WorkerJob` for :func:`pipeline.analyze_case` (Sec. 2.3 sequence relevance; not started)."""
+                          scene=None, temp_dir: Optional[str] = None, method: str = DEFAULT_METHOD) -> WorkerJob:
+    """A :class:`WorkerJob` for :func:`pipeline.analyze_case` (sequence relevance by ``method``: contribution or
+    paper; not started)."""
     return WorkerJob("sequence relevance", inputs, model, device, preset=preset, seed=seed, name=name,
-                     max_voxels=max_voxels, python=python, scene=scene, temp_dir=temp_dir)
+                     max_voxels=max_voxels, python=python, scene=scene, temp_dir=temp_dir, method=method)

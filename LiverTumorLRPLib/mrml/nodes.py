@@ -170,7 +170,7 @@ def _sh_place(sh, folder: int, node) -> None:
 def write_explanation(e: "Explanation", inputs: Inputs, name: str, scene=None) -> ExplanationResult:
     """The nodes of an :class:`~LiverTumorLRPLib.analysis.Explanation` (what every front end computes)."""
     interval = None
-    if e.interval:
+    if "relevance_p2.5" in e.interval:
         interval = {"p2.5": e.interval.get("relevance_p2.5"), "p97.5": e.interval.get("relevance_p97.5"),
                     "expected": e.interval.get("relevance_expected")}
     details = {k: v for k, v in e.details.items() if k not in ("analysis", "lesion_class")}
@@ -317,7 +317,9 @@ def summary(result: ExplanationResult) -> str:
     """One line per sequence: share, positive and negative mass (and, when computed, the Dice without it and its
     Shapley value of Dice); then the warning when the relevance ranking disagrees with what the model needs."""
     need = result.details.get("necessity")
-    lines = [f"{result.name}:"]
+    how = {"contribution": " (Shapley values of Sec. 2.3's output; maps: reference-based LRP)",
+           "paper": " (Sec. 2.3)"}.get(result.details.get("method"), "")
+    lines = [f"{result.name}{how}:"]
     for key, d, s, p, n in zip(result.volumes, result.display_names, result.shares, result.positive,
                                result.negative):
         needed = (f"   Dice without it {need['dice_without'][key]:.3f}, Shapley value of Dice "

@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..analysis import DEFAULT_RESAMPLES
+from ..analysis import DEFAULT_METHOD, DEFAULT_RESAMPLES
 from ..models import cached_model
 from ..progress import Cancelled, JobStatus, Progress
 from .inputs import Inputs, Region, region_array, stack_inputs
@@ -157,22 +157,25 @@ def explain_region(inputs=None, model="bundled", region="predicted tumor", cls="
 
 def analyze_sequences_task(inputs=None, model="bundled", preset="recommended", device="auto", seed: int = 0,
                            name: str = "Sequence relevance", max_voxels: Optional[int] = None, scene=None,
-                           resamples: int = DEFAULT_RESAMPLES) -> Task:
-    """Task: Sec. 2.3 sequence relevance (:func:`.analysis.sequence_relevance`) as relevance nodes."""
+                           resamples: int = DEFAULT_RESAMPLES, method: str = DEFAULT_METHOD) -> Task:
+    """Task: sequence relevance (:func:`.analysis.sequence_relevance`, ``method`` contribution or paper) as
+    relevance nodes."""
     stacked = _stack(inputs, scene)
 
     def compute(progress):
         from ..analysis import sequence_relevance
 
         return sequence_relevance(network_input(stacked, cached_model(model)), preset, device, seed,
-                                  max_voxels=max_voxels, resamples=resamples, progress=progress)
+                                  max_voxels=max_voxels, resamples=resamples, progress=progress, method=method)
 
     return Task("Sequence relevance", compute, lambda e: write_explanation(e, stacked, name, scene),
                 list(stacked.messages))
 
 
 def analyze_sequences(inputs=None, model="bundled", preset="recommended", device="auto", seed: int = 0,
-                      name: str = "Sequence relevance", progress=None, cancel=None, scene=None) -> ExplanationResult:
+                      name: str = "Sequence relevance", progress=None, cancel=None, scene=None,
+                      method: str = DEFAULT_METHOD) -> ExplanationResult:
     """Blocking :func:`analyze_sequences_task`."""
-    return _run_blocking(analyze_sequences_task(inputs, model, preset, device, seed, name, scene=scene),
+    return _run_blocking(analyze_sequences_task(inputs, model, preset, device, seed, name, scene=scene,
+                                                method=method),
                          progress, cancel)

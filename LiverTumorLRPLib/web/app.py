@@ -29,6 +29,7 @@ from .. import slicer_logic as sl
 from ..case_io import case_files, write_json
 from ..model_info import model_info
 from ..models import cached_model
+from ..analysis import DEFAULT_METHOD, METHODS
 from ..lrp.presets import DEFAULT_PRESET, PRESETS
 from ..sequences import CLASS_NAMES, DISPLAY_NAMES, REFERENCE_KEY, SEQUENCE_KEYS
 from ..progress import one_line
@@ -99,6 +100,7 @@ class WebApp:
             "model": model, "device": device, "devices": ["auto", "cpu", "cuda"],
             "region": REGIONS[0], "regions": list(REGIONS), "cls": "tumor", "classes": list(CLASS_NAMES),
             "preset": DEFAULT_PRESET, "presets": list(PRESETS), "point": "", "drawing": False,
+            "method": DEFAULT_METHOD, "methods": list(METHODS),
             "busy": False, "job_name": "", "jobs_finished": 0, "actions": 0, "progress": 0, "log": "", "error": "",
             "info": "", "warning": "", "necessity": False,
             "shares": [], "share_max": 1.0, "shown": "", "result_name": "", "show_seq": REFERENCE_KEY,
@@ -231,7 +233,8 @@ class WebApp:
     def sequence_relevance(self):
         self._stop_drawing()
         self.jobs.start("Sequence relevance", lambda: sl.analyze_sequences_task(
-            self._inputs(), self._model(), self.state.preset, self.state.device, seed=0, scene=self.scene),
+            self._inputs(), self._model(), self.state.preset, self.state.device, seed=0, scene=self.scene,
+            method=self.state.method),
             self._relevance_done)
 
     def cancel(self):

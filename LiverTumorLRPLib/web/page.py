@@ -1,7 +1,7 @@
 """The page: inputs and actions on the left, Slicer's slice views, legend, shares table/bar chart on the right.
 
 Stable element ids for automation: ``load-phantom``, ``load-case``, ``case-dir``, ``seq-<KEY>``, ``model``,
-``device``, ``segment``, ``explain``, ``region``, ``class``, ``preset``, ``place-point``, ``draw-segment``,
+``device``, ``segment``, ``explain``, ``region``, ``class``, ``preset``, ``method``, ``place-point``, ``draw-segment``,
 ``sequence-relevance``, ``cancel``, ``progress`` (``data-value``: percent), ``log``, ``error`` (the banner),
 ``status`` (``data-actions``: buttons handled, ``data-finished``: jobs
 finished), ``info``, ``warning`` (relevance and necessity disagree), ``show-sequence``, ``legend``, ``shares``
@@ -79,6 +79,8 @@ def _run_panel(app) -> None:
     html.Div("Run", classes="lrp-section")
     _btn("Segment", "segment", app.segment)
     _btn("Sequence relevance", "sequence-relevance", app.sequence_relevance)
+    v3.VSelect(v_model=("method",), items=("methods",), id="method", label="sequence relevance method",
+               density="compact", hide_details=True)
     with html.Div(classes="d-flex"):
         v3.VSelect(v_model=("region",), items=("regions",), id="region", label="region",
                    density="compact", hide_details=True)
