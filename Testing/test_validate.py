@@ -34,6 +34,20 @@ def random_case(model, seed=0) -> V.ValidationCase:
     return V.make_case(model, image, f"random_{seed}", max_voxels=200)
 
 
+def test_the_default_method_is_checked_with_the_checks_own_f():
+    """``contribution`` in the checks: the blurred-baseline Shapley values of the case's f (its T and B), with
+    reference-based LRP maps that add up to them."""
+    from LiverTumorLRPLib.validation.checks import contribution
+
+    model = nn.Sequential(nn.Conv3d(6, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 2, 1)).eval()
+    case = random_case(model)
+    c = contribution(model, case)
+    phi = V.shapley_values(model, case, "blur")
+    np.testing.assert_allclose(c.sums, phi)
+    np.testing.assert_allclose(c.shares, phi / phi.sum())
+    np.testing.assert_allclose(c.maps.reshape(6, -1).sum(axis=1), phi, rtol=1e-4, atol=1e-6)
+
+
 def test_regions_are_equally_large_and_disjoint():
     case = random_case(linear_model())
     assert case.tumor.sum() == case.background.sum() > 0
@@ -166,10 +180,11 @@ def test_validate_command_tiny(tmp_path, capsys):
 
     out = tmp_path / "val"
     assert main(["validate", "--out", str(out), "--cases", "1", "--detail-cases", "1", "--crop", "16", "32", "32",
-                 "--presets", "recommended", "--baseline-methods", "gradient-x-input", "--randomisation-steps", "1", "3",
-                 "--device", "cpu"]) == 0
+                 "--presets", "recommended", "contribution", "--baseline-methods", "gradient-x-input",
+                 "--randomisation-steps", "1", "3", "--device", "cpu"]) == 0
     res = json.loads((out / "validation.json").read_text())
-    assert len(res["cases"]) == 1 and set(res["per_preset"]) == {"recommended"}
+    assert len(res["cases"]) == 1 and set(res["per_preset"]) == {"recommended", "contribution"}
+    assert "contribution" in res["aopc"][0] and "contribution" not in res["class_sensitivity"]
     row = res["per_preset"]["recommended"]
     for key in ("shapley_rho_median", "shapley_f_rho_median", "randomised_top3_map_rho_median",
                 "class_raw_map_rho_median", "aopc_morf"):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from ..explain import region_relevance, relevance, sequence_relevance
 from ..lrp import LINEAR_TYPES
 from ..lrp.presets import DEFAULT_PRESET
-from ..necessity import all_subsets, reference_image, with_only
+from ..necessity import all_subsets, calibrated_maps, reference_image, with_only
 from ..necessity import shapley_values as shapley_from_values
 from ..sequences import SEQUENCE_KEYS
 from .cases import ValidationCase, logits, target
@@ -32,25 +33,57 @@ RANDOMISATION_STEPS = (1, 2, 3, 6, 10)  # layers randomised from the output down
 
 
 # ---- LRP of the explained output -----------------------------------------------------------------------------
+CONTRIBUTION = "contribution"   # the default method (:func:`..analysis.sequence_contribution`), checked as a preset
+
+
 def lrp_sequence(model, case: ValidationCase, preset, device="cpu"):
-    """Sec. 2.3's sequence relevance of the case with its fixed T and B."""
+    """Sec. 2.3's sequence relevance of the case with its fixed T and B (or, for ``contribution``, the Shapley
+    values of f with the shifted reference-based LRP maps)."""
+    if preset == CONTRIBUTION:
+        return contribution(model, case, device)
     return sequence_relevance(model, case.image, preset=preset, device=device, regions=(case.tumor, case.background))
 
 
 def lrp_tumor_class(model, case: ValidationCase, preset, device="cpu") -> np.ndarray:
-    """Sequence shares of the tumor-class half of Sec. 2.3's map alone, M_T^1 (Eq. 2)."""
+    """Sequence shares of the tumor-class half of Sec. 2.3's map alone, M_T^1 (Eq. 2); ``contribution`` has no
+    halves (its shares)."""
+    if preset == CONTRIBUTION:
+        return contribution(model, case, device).shares
     return region_relevance(model, case.image, case.tumor, cls="tumor", preset=preset, device=device).shares
 
 
-def lrp_of_target(model, case: ValidationCase, preset, device="cpu") -> np.ndarray:
-    """Per-sequence Eq. 1 relevance of ``f`` itself (seed 1/|T| on the tumor logit over T, 1/|B| on the
-    background logit over B): the quantity the Shapley values distribute, without Eq. 2's per-voxel
-    normalisation."""
+def target_seeds(case: ValidationCase) -> np.ndarray:
+    """``f``'s seed: 1/|T| on the tumor logit over T, 1/|B| on the background logit over B."""
     seeds = np.zeros((2,) + case.tumor.shape, np.float32)
     seeds[1][case.tumor] = 1.0 / case.tumor.sum()
     seeds[0][case.background] = 1.0 / case.background.sum()
-    M = relevance(model, case.image, seeds, preset=preset, device=device)
+    return seeds
+
+
+def lrp_of_target(model, case: ValidationCase, preset, device="cpu") -> np.ndarray:
+    """Per-sequence Eq. 1 relevance of ``f`` itself: the quantity the Shapley values distribute, without Eq. 2's
+    per-voxel normalisation (``contribution``: its maps' sums, the Shapley values)."""
+    if preset == CONTRIBUTION:
+        return contribution(model, case, device).sums
+    M = relevance(model, case.image, target_seeds(case), preset=preset, device=device)
     return M.reshape(M.shape[0], -1).sum(axis=1)
+
+
+@dataclass
+class Contribution:
+    maps: np.ndarray       # (C, D, H, W) reference-based LRP of f, shifted to sum to the Shapley values
+    sums: np.ndarray       # the Shapley values of f
+    shares: np.ndarray     # normalised to sum 1
+
+
+def contribution(model, case: ValidationCase, device="cpu") -> Contribution:
+    """The default sequence relevance with the case's fixed T and B: exact blurred-baseline Shapley values of f
+    and reference-based LRP of f against the same blur, each sequence's map shifted onto its Shapley value."""
+    from ..analysis import reference_lrp
+
+    phi = shapley_values(model, case, "blur", device)
+    M = relevance(reference_lrp(model, "blur", case.image), case.image, target_seeds(case), device=device)
+    return Contribution(calibrated_maps(M, phi), phi, phi / phi.sum())
 
 
 # ---- ablation and Shapley values -----------------------------------------------------------------------------

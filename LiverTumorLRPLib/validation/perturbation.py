@@ -14,6 +14,7 @@ import torch
 
 from ..explain import region_relevance
 from .cases import ValidationCase, logits, tumor_evidence
+from .checks import CONTRIBUTION, contribution
 
 BASELINE_METHODS = ("gradient-x-input", "integrated-gradients", "occlusion")
 
@@ -27,6 +28,8 @@ def _evidence_grad(model, x: torch.Tensor, case: ValidationCase) -> torch.Tensor
 def heatmap(method: str, model, case: ValidationCase, device="cpu", cube=(4, 12, 12), ig_steps: int = 16) -> np.ndarray:
     """Voxel relevance (D, H, W) for the tumor evidence of T: an LRP preset's Eq. 2 map (summed over
     sequences), gradient x input, integrated gradients (zero baseline) or occlusion (per cube)."""
+    if method == CONTRIBUTION:     # the default sequence relevance's maps (of f), summed over sequences
+        return contribution(model, case, device).maps.sum(0)
     if method not in BASELINE_METHODS:
         return region_relevance(model, case.image, case.tumor, cls="tumor", preset=method, device=device).maps.sum(0)
     net = model.to(device).eval()

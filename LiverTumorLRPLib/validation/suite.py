@@ -10,7 +10,8 @@ import torch
 
 from ..case_io import write_json
 from .cases import VALIDATION_SEED, phantom_cases
-from .checks import RANDOMISATION_STEPS, class_sensitivity, known_truth, randomisation_cascade, shapley_check
+from .checks import (CONTRIBUTION, RANDOMISATION_STEPS, class_sensitivity, known_truth, randomisation_cascade,
+                     shapley_check)
 from .perturbation import BASELINE_METHODS, aopc
 from .report import write_report
 from .summary import summarise
@@ -72,7 +73,7 @@ def run_validation(out: str, model="bundled", cases: int = 20, presets: Sequence
     detail = pool[:detail_cases]
     if "class-sensitivity" in checks:
         res["class_sensitivity"] = {p: [{"case": c.name, **class_sensitivity(net, c, p, device)} for c in detail]
-                                    for p in presets}
+                                    for p in presets if p != CONTRIBUTION}   # no class halves to compare
     if "randomisation" in checks:
         res["randomisation"] = {p: [[{"case": c.name, **row} for row in
                                      randomisation_cascade(net, c, p, device, steps=randomisation_steps)]
