@@ -45,10 +45,7 @@ def lrp_sequence(model, case: ValidationCase, preset, device="cpu"):
 
 
 def lrp_tumor_class(model, case: ValidationCase, preset, device="cpu") -> np.ndarray:
-    """Sequence shares of the tumor-class half of Sec. 2.3's map alone, M_T^1 (Eq. 2); ``contribution`` has no
-    halves (its shares)."""
-    if preset == CONTRIBUTION:
-        return contribution(model, case, device).shares
+    """Sequence shares of the tumor-class half of Sec. 2.3's map alone, M_T^1 (Eq. 2)."""
     return region_relevance(model, case.image, case.tumor, cls="tumor", preset=preset, device=device).shares
 
 
@@ -62,9 +59,7 @@ def target_seeds(case: ValidationCase) -> np.ndarray:
 
 def lrp_of_target(model, case: ValidationCase, preset, device="cpu") -> np.ndarray:
     """Per-sequence Eq. 1 relevance of ``f`` itself: the quantity the Shapley values distribute, without Eq. 2's
-    per-voxel normalisation (``contribution``: its maps' sums, the Shapley values)."""
-    if preset == CONTRIBUTION:
-        return contribution(model, case, device).sums
+    per-voxel normalisation."""
     M = relevance(model, case.image, target_seeds(case), preset=preset, device=device)
     return M.reshape(M.shape[0], -1).sum(axis=1)
 
@@ -129,8 +124,14 @@ def shapley_check(model, cases: Sequence[ValidationCase], presets: Sequence[str]
     for c in cases:
         phi = shapley_values(model, c, baseline, device)
         abl = {b: sequence_ablation(model, c, b, device).tolist() for b in ("zero", "mean", "blur")}
-        lrp = {p: lrp_sequence(model, c, p, device).shares.tolist() for p in presets}
-        lrp_f = {p: lrp_of_target(model, c, p, device).tolist() for p in presets}
+        lrp, lrp_f = {}, {}
+        for p in presets:
+            if p == CONTRIBUTION:      # its maps sum to its Shapley values of f: one computation gives both
+                con = contribution(model, c, device)
+                lrp[p], lrp_f[p] = con.shares.tolist(), con.sums.tolist()
+            else:
+                lrp[p] = lrp_sequence(model, c, p, device).shares.tolist()
+                lrp_f[p] = lrp_of_target(model, c, p, device).tolist()
         rows.append({"case": c.name, "shapley": phi.tolist(), "ablation": abl, "lrp": lrp, "lrp_of_f": lrp_f,
                      "rho": {p: spearman(phi, lrp[p]) for p in presets},
                      "rho_f": {p: spearman(phi, lrp_f[p]) for p in presets}})
@@ -224,7 +225,8 @@ def known_truth(model, cases: Sequence[ValidationCase], presets: Sequence[str], 
     out = {}
     for preset in presets:
         shares = [lrp_sequence(model, c, preset, device).shares for c in cases]
-        tumor = [lrp_tumor_class(model, c, preset, device) for c in cases]
+        # ``contribution`` has no class halves: its shares stand for both
+        tumor = shares if preset == CONTRIBUTION else [lrp_tumor_class(model, c, preset, device) for c in cases]
         hits = [informative_ranked_first(s, c.informative) for s, c in zip(shares, cases)]
         hits_t = [informative_ranked_first(s, c.informative) for s, c in zip(tumor, cases)]
         out[preset] = {**rate(hits), "tumor_class_hits": int(sum(hits_t)),
